@@ -1,0 +1,1 @@
+"""The ingress side: ``RedisRealtimeClient`` and the WebSocket gateway."""

@@ -1,0 +1,180 @@
+"""Every Prometheus metric voicegrid exports lives here (ARCHITECTURE §5).
+
+Names are prefixed ``voicegrid_``, values are in base units (seconds, bytes), labels never carry
+session ids (cardinality stays bounded: provider, direction, reason, code, command). Histogram
+boundaries sit on the SLO thresholds used by the alert rules in ``deploy/prometheus/``:
+``LATENCY_SLO_S`` for the per-frame added latency, ``FIRST_AUDIO_SLO_S`` for the time from the end
+of the caller's speech to the model's first audio.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "AUDIO_FRAMES_DROPPED",
+    "AUDIO_SECONDS",
+    "FIRST_AUDIO_LATENCY",
+    "FIRST_AUDIO_SLO_S",
+    "FRAMES",
+    "HANDOFFS",
+    "INGRESS_TO_PROVIDER_LATENCY",
+    "LATENCY_SLO_S",
+    "MALFORMED_ENTRIES",
+    "METRIC_NAMES",
+    "PROVIDER_ERRORS",
+    "PROVIDER_TO_OUTPUT_LATENCY",
+    "RECONNECTS",
+    "REDIS_COMMAND_LATENCY",
+    "REGISTRY",
+    "RESUMPTIONS",
+    "SESSIONS_ACTIVE",
+    "SESSIONS_CAPACITY",
+    "SESSIONS_ENDED",
+    "SESSIONS_STARTED",
+    "TAKEOVERS",
+    "TOOL_CALL_ROUNDTRIP",
+    "WORKER_DRAINING",
+]
+
+#: The per-frame added-latency SLO (ingress -> provider, provider -> output stream), seconds.
+LATENCY_SLO_S = 0.005
+#: The caller-speech-end -> first-model-audio SLO, seconds.
+FIRST_AUDIO_SLO_S = 1.0
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_FRAME_BUCKETS = (0.0005, 0.001, 0.002, LATENCY_SLO_S, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, FIRST_AUDIO_SLO_S, 1.5, 2.0, 3.0, 5.0, 10.0)
+_TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+
+SESSIONS_ACTIVE = Gauge(
+    "voicegrid_sessions_active", "Voice sessions this worker owns right now.", registry=REGISTRY
+)
+SESSIONS_CAPACITY = Gauge(
+    "voicegrid_sessions_capacity",
+    "Sessions this worker admits at most (VOICEGRID_MAX_SESSIONS); 0 while draining.",
+    registry=REGISTRY,
+)
+WORKER_DRAINING = Gauge(
+    "voicegrid_worker_draining", "1 while the worker drains after SIGTERM.", registry=REGISTRY
+)
+SESSIONS_STARTED = Counter(
+    "voicegrid_sessions_started",
+    "Session jobs started on this worker (new sessions, takeovers and handoffs).",
+    ["provider"],
+    registry=REGISTRY,
+)
+SESSIONS_ENDED = Counter(
+    "voicegrid_sessions_ended",
+    "Session jobs that ended on this worker, by reason (closed, error, handoff, fenced).",
+    ["provider", "reason"],
+    registry=REGISTRY,
+)
+FRAMES = Counter(
+    "voicegrid_frames",
+    "Audio frames relayed; direction=in (caller -> provider) or out (provider -> output).",
+    ["direction"],
+    registry=REGISTRY,
+)
+AUDIO_SECONDS = Counter(
+    "voicegrid_audio_seconds",
+    "Seconds of audio relayed, by direction.",
+    ["direction"],
+    registry=REGISTRY,
+)
+AUDIO_FRAMES_DROPPED = Counter(
+    "voicegrid_audio_frames_dropped",
+    "Audio frames dropped by a full send buffer (drop-oldest policy), by direction.",
+    ["direction"],
+    registry=REGISTRY,
+)
+INGRESS_TO_PROVIDER_LATENCY = Histogram(
+    "voicegrid_ingress_to_provider_latency_seconds",
+    "From the ingress timestamp of a caller frame to its hand-off to the provider client.",
+    buckets=_FRAME_BUCKETS,
+    registry=REGISTRY,
+)
+PROVIDER_TO_OUTPUT_LATENCY = Histogram(
+    "voicegrid_provider_to_output_latency_seconds",
+    "From a provider event's arrival at the worker to its entry in the output stream.",
+    buckets=_FRAME_BUCKETS,
+    registry=REGISTRY,
+)
+FIRST_AUDIO_LATENCY = Histogram(
+    "voicegrid_first_audio_latency_seconds",
+    "From the provider's speech-stopped (caller done) to the first model audio of the reply.",
+    ["provider"],
+    buckets=_TURN_BUCKETS,
+    registry=REGISTRY,
+)
+TOOL_CALL_ROUNDTRIP = Histogram(
+    "voicegrid_tool_call_roundtrip_seconds",
+    "From a tool-call event to the application's tool result reaching the worker.",
+    ["provider"],
+    buckets=_TOOL_BUCKETS,
+    registry=REGISTRY,
+)
+RECONNECTS = Counter(
+    "voicegrid_reconnects",
+    "Provider reconnects by reason (drop, goaway, recycle, config).",
+    ["provider", "reason"],
+    registry=REGISTRY,
+)
+RESUMPTIONS = Counter(
+    "voicegrid_resumptions",
+    "How session state survived a reconnect or takeover: strategy=resumed|replayed.",
+    ["provider", "strategy"],
+    registry=REGISTRY,
+)
+TAKEOVERS = Counter(
+    "voicegrid_takeovers",
+    "Sessions this worker took over after their owner's lease expired (reason=lease_expired).",
+    ["reason"],
+    registry=REGISTRY,
+)
+HANDOFFS = Counter(
+    "voicegrid_handoffs",
+    "Sessions handed over by a draining worker (reason=drain) or received (reason=received).",
+    ["reason"],
+    registry=REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    "voicegrid_provider_errors",
+    "Provider error events by provider, code and whether they were recoverable.",
+    ["provider", "code", "recoverable"],
+    registry=REGISTRY,
+)
+MALFORMED_ENTRIES = Counter(
+    "voicegrid_malformed_entries",
+    "Input stream entries or commands rejected as malformed (answered with an error event).",
+    ["kind"],
+    registry=REGISTRY,
+)
+REDIS_COMMAND_LATENCY = Histogram(
+    "voicegrid_redis_command_latency_seconds",
+    "Round trip of the worker's Redis operations, by operation (read, write, lease, ...).",
+    ["operation"],
+    buckets=_REDIS_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+}
+
+
+def _exported_names() -> frozenset[str]:
+    names: set[str] = set()
+    for metric in REGISTRY.collect():
+        names.update(metric.name + suffix for suffix in _SUFFIXES.get(metric.type, ("",)))
+    return frozenset(names)
+
+
+#: Every series name a scrape can show (counters with ``_total``, histogram ``_bucket`` etc.);
+#: the deploy tests check rules, adapter config and dashboards against it.
+METRIC_NAMES: frozenset[str] = _exported_names()

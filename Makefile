@@ -42,7 +42,7 @@ format: $(DEV_STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(DEV_STAMP)
-	$(VENV)/bin/voicegrid bench $(ARGS)
+	$(PY) -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -19,6 +19,7 @@ __all__ = ["main"]
 _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("worker.demo:run", "run a simulated (or --live) voice call end to end"),
     "simulate": ("providers.simulator.cli:run", "serve a provider simulator on a local port"),
+    "bench": ("worker.cli:run_bench", "run the benchmarks (from a source checkout)"),
 }
 
 
@@ -37,7 +38,21 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8765)
 
 
-_ADDERS = {"demo": _add_demo, "simulate": _add_simulate}
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="bench/results.json", help="where to write the JSON results")
+
+
+_ADDERS = {"demo": _add_demo, "simulate": _add_simulate, "bench": _add_bench}
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``voicegrid bench``: the ``bench`` package lives in the source tree, not the wheel."""
+    try:
+        bench_main = importlib.import_module("bench.__main__").main
+    except ModuleNotFoundError:
+        print("voicegrid bench: run it from a source checkout (make bench)", file=sys.stderr)
+        return 2
+    return int(bench_main(["--out", args.out]))
 
 
 def build_parser() -> argparse.ArgumentParser:

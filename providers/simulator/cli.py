@@ -1,0 +1,132 @@
+"""``voicegrid simulate``: serve a provider simulator on a local port until SIGINT/SIGTERM.
+
+``voicegrid simulate --protocol openai --host 127.0.0.1 --port 8765`` serves the OpenAI Realtime
+GA protocol at ``ws://HOST:PORT/v1/realtime``; ``--protocol gemini`` serves Gemini Live (when
+the Gemini front-end is installed). The scripted model uses :class:`SimScript` defaults, which
+``VOICEGRID_SIM_*`` environment variables override (see :func:`script_from_env`). Frames are not
+recorded (``record=False``), so a long-running simulator keeps flat memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import math
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from protocol.errors import ConfigError
+
+from .base import BaseSimulator
+from .model import SimScript
+
+__all__ = ["build_simulator", "run", "script_from_env"]
+
+logger = logging.getLogger(__name__)
+
+
+def _number(env: dict[str, str], name: str, minimum: float) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name}={raw!r} is invalid; expected a number >= {minimum:g}")
+    return value
+
+
+def script_from_env(environ: dict[str, str] | None = None) -> SimScript:
+    """The simulator script, with overrides from ``VOICEGRID_SIM_*`` environment variables.
+
+    ``VOICEGRID_SIM_REPLY`` (reply text), ``VOICEGRID_SIM_SPEED`` (>= 0, audio pacing),
+    ``VOICEGRID_SIM_CHUNK_MS`` (>= 1, ms of audio per delta), ``VOICEGRID_SIM_API_KEY`` (the only
+    key accepted). Raises ``ConfigError`` naming a bad value.
+    """
+    env = dict(os.environ if environ is None else environ)
+    script = SimScript()
+    if "VOICEGRID_SIM_REPLY" in env:
+        script.reply_text = env["VOICEGRID_SIM_REPLY"]
+    speed = _number(env, "VOICEGRID_SIM_SPEED", 0)
+    if speed is not None:
+        script.speed = speed
+    chunk_ms = _number(env, "VOICEGRID_SIM_CHUNK_MS", 1)
+    if chunk_ms is not None:
+        script.chunk_ms = int(chunk_ms)
+    if env.get("VOICEGRID_SIM_API_KEY"):
+        script.api_key = env["VOICEGRID_SIM_API_KEY"]
+    return script
+
+
+def build_simulator(protocol: str, host: str, port: int, script: SimScript) -> BaseSimulator:
+    """The simulator for ``protocol`` (``openai`` or ``gemini``); raises ``ConfigError``."""
+    if protocol == "openai":
+        from .openai import OpenAISimulator
+
+        return OpenAISimulator(script, host=host, port=port, record=False)
+    if protocol == "gemini":
+        try:
+            gemini = importlib.import_module(".gemini", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.gemini":
+                raise
+            raise ConfigError(
+                "the Gemini simulator is not available in this build "
+                "(providers/simulator/gemini.py is missing); use --protocol openai"
+            ) from exc
+        simulator: BaseSimulator = gemini.GeminiSimulator(
+            script, host=host, port=port, record=False
+        )
+        return simulator
+    raise ConfigError(f"unknown simulator protocol {protocol!r}; expected 'openai' or 'gemini'")
+
+
+async def _serve(simulator: BaseSimulator) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on every platform
+            loop.add_signal_handler(sig, stop.set)
+    async with simulator:
+        print(f"{type(simulator).__name__} listening on {simulator.url}", flush=True)
+        await stop.wait()
+        logger.info("stopping simulator")
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop  # optional extra "fast": less CPU per frame under load
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``voicegrid simulate``; returns the process exit code."""
+    try:
+        simulator = build_simulator(
+            getattr(args, "protocol", "openai"),
+            getattr(args, "host", "127.0.0.1"),
+            int(getattr(args, "port", 8765)),
+            script_from_env(),
+        )
+    except ConfigError as exc:
+        print(f"voicegrid simulate: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _run_loop(_serve(simulator))
+    except OSError as exc:
+        print(
+            f"voicegrid simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    return 0

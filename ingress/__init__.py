@@ -1,1 +1,5 @@
 """The ingress side: ``RedisRealtimeClient`` and the WebSocket gateway."""
+
+from .client import RedisRealtimeClient
+
+__all__ = ["RedisRealtimeClient"]

@@ -23,7 +23,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -282,6 +282,27 @@ class RealtimeAudioClient(EventEmitter, abc.ABC):
     @abc.abstractmethod
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
         """Change the session config mid-call; emits ``config-updated`` with the strategy used."""
+
+    def export_state(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot another client needs to continue this session.
+
+        The distributed runtime saves it in Redis (at turn ends and about once a second) and
+        hands it to :meth:`import_state` of the client that takes the session over in another
+        process, e.g. the latest Gemini resumption handle or the conversation items to replay.
+        The default exports nothing.
+        """
+        return {}
+
+    def import_state(self, state: dict[str, Any]) -> Literal["resumed", "replayed"] | None:
+        """Prepare an unconnected client to continue a session exported by :meth:`export_state`.
+
+        Called before :meth:`connect`. Returns the strategy the following ``connect`` will use
+        to restore the session (``"resumed"``: provider-side resumption, e.g. a Gemini handle;
+        ``"replayed"``: the client re-sends the conversation itself), or ``None`` when it cannot
+        use ``state`` (the runtime then replays the conversation summary it keeps). The default
+        returns ``None``.
+        """
+        return None
 
     def request_response(self, instruction: str | None = None) -> None:
         """Ask the model to respond now (optionally with a one-off instruction)."""

@@ -20,6 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("worker.demo:run", "run a simulated (or --live) voice call end to end"),
     "simulate": ("providers.simulator.cli:run", "serve a provider simulator on a local port"),
     "bench": ("worker.cli:run_bench", "run the benchmarks (from a source checkout)"),
+    "worker": ("worker.main:run", "run a session worker (configuration from the environment)"),
 }
 
 
@@ -30,6 +31,11 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wav", default=None, help="caller audio WAV (mono PCM16); default synthetic")
     p.add_argument("--out", default="demo-output/reply.wav", help="where to write model audio")
     p.add_argument("--fast", action="store_true", help="send caller audio faster than real time")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="drive the provider client directly instead of through Redis and a worker",
+    )
 
 
 def _add_simulate(p: argparse.ArgumentParser) -> None:
@@ -42,7 +48,17 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench/results.json", help="where to write the JSON results")
 
 
-_ADDERS = {"demo": _add_demo, "simulate": _add_simulate, "bench": _add_bench}
+def _add_worker(p: argparse.ArgumentParser) -> None:
+    # configuration is 12-factor: every setting comes from the environment (worker.settings)
+    p.epilog = "configured by environment variables: see worker.settings.ENVIRONMENT"
+
+
+_ADDERS = {
+    "demo": _add_demo,
+    "simulate": _add_simulate,
+    "bench": _add_bench,
+    "worker": _add_worker,
+}
 
 
 def run_bench(args: argparse.Namespace) -> int:

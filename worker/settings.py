@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from protocol.errors import ConfigError
+from protocol.keys import validate_namespace
 
 __all__ = [
     "DRAIN_TIMEOUT_S",
@@ -56,6 +57,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "on SIGTERM: seconds to hand sessions over before exiting",
     ),
     "VOICEGRID_WORKER_ID": ("", "worker identity in leases (default: hostname-pid)"),
+    "VOICEGRID_NAMESPACE": (
+        "voicegrid",
+        "prefix of every Redis key and of the arq queue, so deployments and test runs can "
+        "share one Redis (ingress and workers of one deployment must agree)",
+    ),
 }
 
 
@@ -109,6 +115,7 @@ class WorkerSettings:
     lease_renew_s: float = LEASE_RENEW_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     worker_id: str = ""
+    namespace: str = "voicegrid"
 
     @property
     def redis_url_redacted(self) -> str:
@@ -153,4 +160,5 @@ class WorkerSettings:
             lease_renew_s=renew,
             drain_timeout_s=_float(env, "VOICEGRID_DRAIN_TIMEOUT_S", 0.0, 3600.0),
             worker_id=env.get("VOICEGRID_WORKER_ID", ""),
+            namespace=validate_namespace(env.get("VOICEGRID_NAMESPACE", "voicegrid")),
         )

@@ -1,0 +1,697 @@
+"""``RedisRealtimeClient``: the ``RealtimeAudioClient`` interface spoken over Redis streams.
+
+Application code does not change when it goes distributed: the client writes caller audio and
+commands to the session's input stream and reads events from its output stream, while a worker
+somewhere owns the provider connection (ARCHITECTURE §2, §4).
+
+Per process (per event loop and Redis client) there is one :class:`IngressHub`, shared by every
+client: one coalescing writer (everything queued since its last round trip goes out in one
+pipeline, per session in the order it was sent) and one multiplexed reader (one blocking
+``XREAD`` over the output streams of every session the process follows). A hundred calls in one
+process cost two Redis connections and two tasks, not two hundred.
+
+Stateless: the session lives in Redis, so ``attach(session_id, after=event_id)`` continues it from
+any process (e.g. after an ingress node restarted), and events are filtered by entry id, so none is
+delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+import weakref
+from collections import deque
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from protocol import (
+    ConfigError,
+    ErrorEvent,
+    NotConnectedError,
+    RealtimeAudioClient,
+    RealtimeCapabilities,
+    RealtimeSessionConfig,
+    RealtimeSessionConfigUpdate,
+    RealtimeToolResponse,
+    RuntimeFailure,
+    SessionState,
+    SessionTimeout,
+    StreamEntryError,
+    UsageError,
+    VoicegridError,
+    parse_config,
+    parse_update,
+)
+from protocol.audio import check_frame
+from protocol.keys import DEFAULT_NAMESPACE, Keys, SessionKeys, validate_session_id
+from protocol.streams import (
+    CLOSED_TTL_S,
+    CONNECT_REF,
+    IDLE_TTL_S,
+    INPUT_MAXLEN,
+    AckEntry,
+    Command,
+    DisconnectCommand,
+    PingCommand,
+    RequestResponseCommand,
+    SessionRecord,
+    StateField,
+    ToolResponseCommand,
+    UpdateConfigCommand,
+    decode_output,
+    decode_record,
+    encode_audio,
+    encode_command,
+    encode_record,
+    entry_id_key,
+    now_us,
+)
+from worker.jobs import enqueue_session, open_redis
+from worker.metrics import AUDIO_FRAMES_DROPPED, REDIS_COMMAND_LATENCY
+from worker.settings import redact_url
+
+__all__ = ["ACK_TIMEOUT_S", "INGRESS_BUFFER_S", "IngressHub", "RedisRealtimeClient"]
+
+log = logging.getLogger("voicegrid.ingress")
+
+#: Seconds a command that the interface awaits (ping, update_config, disconnect) waits for its
+#: acknowledgement.
+ACK_TIMEOUT_S = 15.0
+#: Seconds of caller audio a client buffers while Redis is unreachable; older frames are dropped
+#: (drop-oldest, counted, reported as an ``error`` event).
+INGRESS_BUFFER_S = 5.0
+#: Options that stay on the worker: credentials and endpoints are the worker's configuration.
+_WORKER_ONLY_OPTIONS = frozenset({"api_key", "url"})
+
+_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+)
+_READ_ERRORS: tuple[type[BaseException], ...] = (*_REDIS_ERRORS, ResponseError)
+
+
+class IngressHub:
+    """One coalescing writer and one multiplexed reader shared by a process's clients."""
+
+    def __init__(self, redis: ArqRedis, keys: Keys, *, owns_redis: bool) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._owns_redis = owns_redis
+        self._wake_key = keys.wake(uuid.uuid4().hex)
+        self._wake_cursor = b"0-0"
+        self._subs: dict[bytes, tuple[bytes, RedisRealtimeClient]] = {}
+        self._dirty: dict[RedisRealtimeClient, None] = {}
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._users = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        self._users += 1
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._write_loop(), name="voicegrid-ingress-writer"),
+                loop.create_task(self._read_loop(), name="voicegrid-ingress-reader"),
+            ]
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users > 0:
+            return
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        _HUBS.pop(_hub_key(self), None)
+        if self._owns_redis:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose(close_connection_pool=True)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def follow(self, stream: str, after: str, client: RedisRealtimeClient) -> None:
+        self._subs[stream.encode()] = (after.encode(), client)
+        await self._wake()
+
+    def unfollow(self, stream: str) -> None:
+        self._subs.pop(stream.encode(), None)
+
+    async def _wake(self) -> None:
+        with contextlib.suppress(*_REDIS_ERRORS):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self._wake_key, 60_000)
+                await pipe.execute()
+
+    async def _read_loop(self) -> None:
+        delay = 0.05
+        await self._wake()
+        wake = self._wake_key.encode()
+        while True:
+            streams: dict[Any, Any] = {wake: self._wake_cursor}
+            for key, (cursor, _) in self._subs.items():
+                streams[key] = cursor
+            try:
+                reply = await self.redis.xread(streams, count=500, block=1000)
+            except _READ_ERRORS as exc:
+                log.warning("ingress read failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                continue
+            delay = 0.05
+            for stream, entries in reply or ():
+                if not entries:
+                    continue
+                if stream == wake:
+                    self._wake_cursor = entries[-1][0]
+                    continue
+                sub = self._subs.get(stream)
+                if sub is None:
+                    continue
+                self._subs[stream] = (entries[-1][0], sub[1])
+                try:
+                    sub[1]._on_output(entries)
+                except Exception:
+                    log.exception("ingress dispatch failed; entries skipped")
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def mark(self, client: RedisRealtimeClient) -> None:
+        self._dirty[client] = None
+        self._wakeup.set()
+
+    async def _write_loop(self) -> None:
+        delay = 0.05
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            clients = list(self._dirty)
+            self._dirty.clear()
+            batches = [(c, c._take_pending()) for c in clients]
+            batches = [(c, b) for c, b in batches if b]
+            if not batches:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for client, batch in batches:
+                for fields, _ in batch:
+                    pipe.xadd(
+                        client._keys_input,
+                        fields,  # type: ignore[arg-type]
+                        maxlen=INPUT_MAXLEN,
+                        approximate=True,
+                    )
+            started = time.perf_counter()
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except _REDIS_ERRORS as exc:
+                log.warning("ingress write failed (%s); retrying", type(exc).__name__)
+                for client, batch in batches:
+                    client._restore_pending(batch)
+                    self._dirty[client] = None
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                self._wakeup.set()
+                continue
+            finally:
+                await pipe.reset()  # type: ignore[no-untyped-call]
+            delay = 0.05
+            REDIS_COMMAND_LATENCY.labels("ingress_write").observe(time.perf_counter() - started)
+            index = 0
+            for _, batch in batches:
+                for _, future in batch:
+                    reply = replies[index]
+                    index += 1
+                    if future is None or future.done():
+                        continue
+                    if isinstance(reply, BaseException):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
+
+
+_HUBS: dict[tuple[int, int | str, str], IngressHub] = {}
+_HUB_LOOPS: weakref.WeakValueDictionary[int, asyncio.AbstractEventLoop] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _hub_key(hub: IngressHub) -> tuple[int, int | str, str]:
+    for key, value in _HUBS.items():
+        if value is hub:
+            return key
+    return (0, 0, "")
+
+
+def _get_hub(redis_url: str, redis: ArqRedis | None, namespace: str) -> IngressHub:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), id(redis) if redis is not None else redis_url, namespace)
+    hub = _HUBS.get(key)
+    if hub is not None and _HUB_LOOPS.get(id(loop)) is loop:
+        return hub
+    keys = Keys(namespace)
+    client = redis if redis is not None else open_redis(redis_url, queue=keys.queue)
+    hub = IngressHub(client, keys, owns_redis=redis is None)
+    _HUBS[key] = hub
+    _HUB_LOOPS[id(loop)] = loop
+    return hub
+
+
+_Pending = tuple[dict[str, Any], "asyncio.Future[Any] | None"]
+
+
+class RedisRealtimeClient(RealtimeAudioClient):
+    """A voice session run by a voicegrid worker, driven through Redis (ARCHITECTURE §2).
+
+    ``RedisRealtimeClient(redis_url, *, provider, model, session_id=None, **options)``:
+    ``options`` go to the provider client on the worker (``providers.create_client``), except
+    credentials and endpoints, which are the worker's configuration. Three keyword options are
+    the ingress's own: ``namespace`` (key prefix; default ``VOICEGRID_NAMESPACE`` or
+    ``voicegrid``), ``connect_timeout_s`` (default 30) and ``redis`` (an ``arq``/``redis.asyncio``
+    client to use instead of opening ``redis_url``).
+
+    ``capabilities`` are the provider client's, as reported by the worker once connected (or
+    attached); before that they are the defaults.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        provider: str,
+        model: str,
+        session_id: str | None = None,
+        namespace: str | None = None,
+        connect_timeout_s: float = 30.0,
+        redis: ArqRedis | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model=model)
+        if not isinstance(provider, str) or not provider:
+            raise ConfigError(f"provider must be a non-empty string, got {provider!r}")
+        bad = sorted(_WORKER_ONLY_OPTIONS & set(options))
+        if bad:
+            raise ConfigError(
+                f"options {bad} cannot be sent through Redis; credentials and endpoints are the "
+                "worker's configuration (OPENAI_API_KEY, VOICEGRID_OPENAI_URL, ...)"
+            )
+        try:
+            orjson.dumps(options)
+        except TypeError as exc:
+            raise ConfigError(
+                f"provider options must be JSON-serialisable to travel through Redis: {exc}"
+            ) from None
+        if connect_timeout_s <= 0:
+            raise ConfigError(f"connect_timeout_s must be positive, got {connect_timeout_s!r}")
+        self.redis_url = redis_url
+        self._redis = redis
+        self._namespace = namespace or os.environ.get("VOICEGRID_NAMESPACE", DEFAULT_NAMESPACE)
+        self._keys_layout = Keys(self._namespace)
+        self._session_id = validate_session_id(session_id) if session_id is not None else None
+        self._options = options
+        self._connect_timeout_s = connect_timeout_s
+        # ``provider`` and ``capabilities`` are class-level on provider clients; an ingress
+        # client speaks for whichever provider its session uses, so they live on the instance.
+        self.__dict__["provider"] = provider
+        self.__dict__["capabilities"] = RealtimeCapabilities()
+        self._config: RealtimeSessionConfig | None = None
+        self._keys: SessionKeys | None = None
+        self._keys_input = ""
+        self._hub: IngressHub | None = None
+        self._pending: deque[_Pending] = deque()
+        self._pending_audio_bytes = 0
+        self._overflowing = False
+        self._last_key = (0, 0)
+        self._last_event_id: str | None = None
+        self._acks: dict[str, asyncio.Future[AckEntry]] = {}
+        self._early_acks: dict[str, AckEntry] = {}
+        self._finishing: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRealtimeClient({redact_url(self.redis_url)!r}, provider={self.provider!r}, "
+            f"model={self.model!r}, session_id={self._session_id!r})"
+        )
+
+    @property
+    def session_id(self) -> str | None:
+        """The session's id: set once ``connect`` created the session or ``attach`` joined it."""
+        return self._session_id
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The output entry id of the last event delivered (for ``attach(after=...)``)."""
+        return self._last_event_id
+
+    # --- connect, attach, disconnect ---------------------------------------------------------
+
+    async def connect(self, config: RealtimeSessionConfig | dict[str, Any]) -> None:
+        """Create the session and resolve once a worker has connected it to the provider.
+
+        Raises the worker's error (e.g. ``ProviderAuthError`` with its ``code``) if the provider
+        connection failed, ``SessionTimeout`` if no worker connected it in time.
+        """
+        if self.state is not SessionState.IDLE:
+            raise UsageError(f"connect() needs a fresh client; this one is {self.state.value}")
+        parsed = parse_config(config)
+        self._lifecycle.to(SessionState.CONNECTING)
+        session_id = self._session_id or uuid.uuid4().hex
+        self._session_id = session_id
+        keys = self._keys_layout.session(session_id)
+        self._bind(keys, parsed)
+        hub = self._open_hub()
+        record = SessionRecord(
+            provider=self.provider,
+            model=self.model,
+            config=parsed.model_dump(mode="json"),
+            options=self._options,
+            created_us=now_us(),
+        )
+        ack = self._expect_ack(CONNECT_REF)
+        try:
+            await self._create(hub, keys, record)
+            await hub.follow(keys.output, "0-0", self)
+            entry = await asyncio.wait_for(asyncio.shield(ack), self._connect_timeout_s)
+        except TimeoutError:
+            await self._abandon(hub, keys)
+            raise SessionTimeout(
+                f"no worker connected session {session_id} within {self._connect_timeout_s}s; "
+                "check that voicegrid workers run against this Redis and namespace "
+                f"({self._namespace!r})"
+            ) from None
+        except BaseException:
+            await self._abandon(hub, keys)
+            raise
+        if not entry.ok:
+            await self._abandon(hub, keys)
+            assert entry.error is not None
+            raise entry.error
+        self._set_capabilities(entry.result.get("capabilities"))
+        self._lifecycle.to(SessionState.LIVE)
+
+    async def _create(self, hub: IngressHub, keys: SessionKeys, record: SessionRecord) -> None:
+        fields = encode_record(record)
+        try:
+            created = await hub.redis.hsetnx(  # type: ignore[misc]
+                keys.state, StateField.VERSION, fields["v"].decode()
+            )
+            if not created:
+                raise UsageError(
+                    f"session {keys.session_id!r} already exists; use attach() to join it or "
+                    "pick another session_id"
+                )
+            async with hub.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.state, mapping=dict(fields))
+                pipe.pexpire(keys.state, IDLE_TTL_S * 1000)
+                pipe.zadd(self._keys_layout.live, {keys.session_id: _deadline_ms()})
+                await pipe.execute()
+            await enqueue_session(hub.redis, self._keys_layout, keys.session_id, 1)
+        except _REDIS_ERRORS as exc:
+            raise _redis_failure(exc, self.redis_url) from exc
+
+    async def _abandon(self, hub: IngressHub, keys: SessionKeys) -> None:
+        """A connect that failed or timed out: close the session so no worker runs it later."""
+        hub.unfollow(keys.output)
+        with contextlib.suppress(*_REDIS_ERRORS):
+            async with hub.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(keys.state, StateField.STATUS, "closed")
+                for key in (keys.state, keys.input, keys.output):
+                    pipe.pexpire(key, CLOSED_TTL_S * 1000)
+                pipe.zrem(self._keys_layout.live, keys.session_id)
+                await pipe.execute()
+        self._lifecycle.to(SessionState.CLOSED)
+        await self._close_hub()
+
+    async def attach(self, session_id: str, after: str | None = None) -> None:
+        """Join the live session ``session_id`` (created by another client or process).
+
+        Events after output entry id ``after`` are delivered (``None``: only new ones).
+        """
+        if self.state is not SessionState.IDLE:
+            raise UsageError(f"attach() needs a fresh client; this one is {self.state.value}")
+        keys = self._keys_layout.session(session_id)
+        start = after
+        if start is not None:
+            try:
+                entry_id_key(start)
+            except StreamEntryError:
+                raise ConfigError(
+                    f"after={after!r} is not a stream entry id; expected '<ms>-<seq>' as given "
+                    "by last_event_id"
+                ) from None
+        hub = self._open_hub()
+        try:
+            raw = await hub.redis.hgetall(keys.state)  # type: ignore[misc]
+            if start is None:
+                newest = await hub.redis.xrevrange(keys.output, count=1)
+                start = newest[0][0].decode() if newest else "0-0"
+        except _REDIS_ERRORS as exc:
+            await self._close_hub()
+            raise _redis_failure(exc, self.redis_url) from exc
+        if not raw:
+            await self._close_hub()
+            raise NotConnectedError(f"session {session_id!r} does not exist (or has expired)")
+        record = decode_record(raw)
+        self._set_capabilities(record.capabilities)
+        if record.status == "closed":
+            await self._close_hub()
+            raise NotConnectedError(f"session {session_id!r} has ended")
+        if record.provider != self.provider:
+            await self._close_hub()
+            raise ConfigError(
+                f"session {session_id!r} runs provider {record.provider!r}, this client was "
+                f"made for {self.provider!r}"
+            )
+        self._session_id = session_id
+        self._bind(keys, parse_config(record.config))
+        self._last_key = entry_id_key(start)
+        self._lifecycle.to(SessionState.CONNECTING)
+        await hub.follow(keys.output, start, self)
+        self._lifecycle.to(SessionState.LIVE)
+
+    async def disconnect(self) -> None:
+        """End the session (the worker closes the provider connection); idempotent."""
+        if self.state in (SessionState.IDLE, SessionState.CLOSED, SessionState.CLOSING):
+            return
+        self._lifecycle.to(SessionState.CLOSING)
+        with contextlib.suppress(SessionTimeout, VoicegridError):
+            await self._request(DisconnectCommand())
+        await self._finish()
+
+    async def _finish(self) -> None:
+        self._mark_closed()
+        await self._close_hub()
+
+    def _mark_closed(self) -> None:
+        if self._hub is not None and self._keys is not None:
+            self._hub.unfollow(self._keys.output)
+        if self.state is not SessionState.CLOSED:
+            self._lifecycle.to(SessionState.CLOSED)
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(NotConnectedError("the session ended"))
+        self._acks.clear()
+
+    # --- the interface -------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        """True when the worker's provider connection answers."""
+        if not self.connected:
+            return False
+        try:
+            entry = await self._request(PingCommand(), timeout_s=10.0)
+        except (SessionTimeout, VoicegridError):
+            return False
+        return bool(entry.ok and entry.result.get("alive"))
+
+    def send_audio(self, frame: bytes) -> None:
+        """Queue a caller frame for the input stream; never blocks (bounded, drop-oldest)."""
+        if not self.connected or self._config is None:
+            raise NotConnectedError("send_audio needs a connected session; call connect() first")
+        data = check_frame(frame, self._config.input_audio)
+        self._queue(encode_audio(data), None)
+        self._pending_audio_bytes += len(data)
+        budget = self._config.input_audio.bytes_per_second * INGRESS_BUFFER_S
+        if self._pending_audio_bytes > budget:
+            self._drop_oldest_audio(budget)
+
+    def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
+        """Return tool results to the model (queued in order with the audio)."""
+        if not self.connected:
+            raise NotConnectedError("send_tool_response needs a connected session")
+        try:
+            command = ToolResponseCommand(responses=list(responses))
+        except ValueError as exc:
+            raise ConfigError(f"invalid tool responses: {exc}") from None
+        self._queue(encode_command(command), None)
+
+    async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
+        """Change the session config; resolves once the worker applied it (``config-updated``)."""
+        if not self.connected:
+            raise NotConnectedError("update_config needs a connected session")
+        update = parse_update(config)
+        entry = await self._request(UpdateConfigCommand(update=update))
+        if not entry.ok:
+            assert entry.error is not None
+            raise entry.error
+        if self._config is not None:
+            self._config = self._config.merged(update)
+
+    def _request_response(self, instruction: str | None) -> None:
+        if not self.connected:
+            raise NotConnectedError("request_response needs a connected session")
+        self._queue(encode_command(RequestResponseCommand(instruction=instruction)), None)
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _bind(self, keys: SessionKeys, config: RealtimeSessionConfig) -> None:
+        self._keys = keys
+        self._keys_input = keys.input
+        self._config = config
+
+    def _open_hub(self) -> IngressHub:
+        if self._hub is None:
+            self._hub = _get_hub(self.redis_url, self._redis, self._namespace)
+            self._hub.acquire()
+        return self._hub
+
+    async def _close_hub(self) -> None:
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            await hub.release()
+
+    def _set_capabilities(self, raw: object) -> None:
+        if isinstance(raw, dict):
+            try:
+                self.__dict__["capabilities"] = RealtimeCapabilities.model_validate(raw)
+            except ValueError:
+                log.warning("worker reported invalid capabilities; keeping the defaults")
+
+    def _queue(self, fields: dict[str, Any], future: asyncio.Future[Any] | None) -> None:
+        assert self._hub is not None
+        self._pending.append((fields, future))
+        self._hub.mark(self)
+
+    def _take_pending(self) -> list[_Pending]:
+        batch = list(self._pending)
+        self._pending.clear()
+        self._pending_audio_bytes = 0
+        self._overflowing = False
+        return batch
+
+    def _restore_pending(self, batch: list[_Pending]) -> None:
+        self._pending.extendleft(reversed(batch))
+        self._pending_audio_bytes = sum(len(f.get("d", b"")) for f, _ in self._pending)
+        if self._config is not None:
+            budget = self._config.input_audio.bytes_per_second * INGRESS_BUFFER_S
+            if self._pending_audio_bytes > budget:
+                self._drop_oldest_audio(budget)
+
+    def _drop_oldest_audio(self, budget: float) -> None:
+        kept: deque[_Pending] = deque()
+        dropped = 0
+        for fields, future in self._pending:
+            if self._pending_audio_bytes > budget and "d" in fields and future is None:
+                self._pending_audio_bytes -= len(fields["d"])
+                dropped += 1
+                continue
+            kept.append((fields, future))
+        self._pending = kept
+        if dropped:
+            AUDIO_FRAMES_DROPPED.labels("in").inc(dropped)
+            if not self._overflowing:
+                self._overflowing = True
+                self.emit(
+                    "error",
+                    ErrorEvent(
+                        code="audio_buffer_overflow",
+                        message=(
+                            f"Redis is not keeping up: dropped the oldest {dropped} caller "
+                            f"frame(s) beyond {INGRESS_BUFFER_S}s of buffered audio"
+                        ),
+                        recoverable=True,
+                    ),
+                )
+
+    def _expect_ack(self, ref: str) -> asyncio.Future[AckEntry]:
+        future: asyncio.Future[AckEntry] = asyncio.get_running_loop().create_future()
+        early = self._early_acks.pop(ref, None)
+        if early is not None:
+            future.set_result(early)
+        else:
+            self._acks[ref] = future
+        return future
+
+    async def _request(self, command: Command, *, timeout_s: float = ACK_TIMEOUT_S) -> AckEntry:
+        """Send ``command`` and wait for the worker's acknowledgement."""
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(encode_command(command), written)
+        try:
+            async with asyncio.timeout(timeout_s):
+                entry_id = await written
+                return await self._expect_ack(str(entry_id))
+        except TimeoutError:
+            raise SessionTimeout(
+                f"session {self._session_id}: no answer to {command.type} within {timeout_s}s"
+            ) from None
+        except _REDIS_ERRORS as exc:
+            raise _redis_failure(exc, self.redis_url) from exc
+
+    def _on_output(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Entries of the output stream, in order (called by the hub's reader)."""
+        for raw_id, fields in entries:
+            entry_id = raw_id.decode()
+            key = entry_id_key(entry_id)
+            if key <= self._last_key:
+                continue  # already delivered
+            self._last_key = key
+            try:
+                entry = decode_output(fields)
+            except StreamEntryError as exc:
+                self.emit(
+                    "error",
+                    ErrorEvent(
+                        code="malformed_entry",
+                        message=f"output entry {entry_id}: {exc}",
+                        recoverable=True,
+                    ),
+                )
+                continue
+            if isinstance(entry, AckEntry):
+                future = self._acks.pop(entry.ref, None)
+                if future is None:
+                    if len(self._early_acks) < 256:
+                        self._early_acks[entry.ref] = entry
+                elif not future.done():
+                    future.set_result(entry)
+                continue
+            self._last_event_id = entry_id
+            if entry.name == "closed" and self.state is not SessionState.CONNECTING:
+                # the session ended (here or through another client): closed before handlers run
+                was_closing = self.state is SessionState.CLOSING
+                self._mark_closed()
+                self.emit(entry.name, entry.payload)
+                if not was_closing:
+                    self._finishing = asyncio.get_running_loop().create_task(self._close_hub())
+                return
+            self.emit(entry.name, entry.payload)
+
+
+def _deadline_ms() -> int:
+    # a new session waits this long for its first lease before the reaper re-checks its job
+    return int((time.time() + 5.0) * 1000)
+
+
+def _redis_failure(exc: BaseException, url: str) -> VoicegridError:
+    return RuntimeFailure(f"Redis at {redact_url(url)} is unreachable: {type(exc).__name__}")

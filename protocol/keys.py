@@ -1,0 +1,140 @@
+"""Every Redis key voicegrid uses, in one place (ARCHITECTURE §4).
+
+A deployment's keys start with a namespace (``VOICEGRID_NAMESPACE``, default ``voicegrid``) so
+several deployments and test runs can share one Redis. A session's keys all carry the Redis
+Cluster hash tag ``{<session_id>}``, so they live in one slot and every multi-key operation on a
+session (the fenced-write and lease scripts) is legal on a cluster::
+
+    <ns>:{<sid>}:in       stream  caller audio and commands, in the order the ingress sent them
+    <ns>:{<sid>}:out      stream  events and acknowledgements, in provider order
+    <ns>:{<sid>}:state    hash    the session record (config, owner, epoch, cursor, ...)
+    <ns>:{<sid>}:lease    string  "<epoch>:<worker id>" with a PX time to live (the owner's lease)
+
+Keys that span sessions (not cluster-slotted; arq needs a single-node Redis anyway)::
+
+    <ns>:queue            zset    the arq queue of session jobs
+    <ns>:live             zset    open sessions -> lease deadline (ms); the reaper scans it
+    <ns>:wake:<reader>    stream  wakes one process's blocking multiplexed XREAD
+
+Session ids are validated by :func:`validate_session_id` before they become part of a key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from .errors import ConfigError, InvalidSessionId
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "NAMESPACE_PATTERN",
+    "SESSION_ID_PATTERN",
+    "Keys",
+    "SessionKeys",
+    "validate_namespace",
+    "validate_session_id",
+]
+
+#: Key prefix when ``VOICEGRID_NAMESPACE`` is not set.
+DEFAULT_NAMESPACE = "voicegrid"
+
+#: 1-64 characters: ASCII letters, digits, ``_``, ``-`` and ``.`` (no ``{``, ``}``, ``:``, space).
+SESSION_ID_PATTERN = r"[A-Za-z0-9_.\-]{1,64}"
+#: 1-48 characters: ASCII letters, digits, ``_``, ``-`` and ``.``.
+NAMESPACE_PATTERN = r"[A-Za-z0-9_.\-]{1,48}"
+
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_session_id(value: object) -> str:
+    """Return ``value`` if it is a safe session id; raise ``InvalidSessionId`` otherwise."""
+    if not isinstance(value, str):
+        raise InvalidSessionId(
+            f"session id must be a string, got {type(value).__name__} {_shown(value)}; expected "
+            f"1-64 characters matching {SESSION_ID_PATTERN}"
+        )
+    if not _SESSION_ID.fullmatch(value):
+        raise InvalidSessionId(
+            f"session id {_shown(value)} is invalid; expected 1-64 characters of ASCII letters, "
+            "digits, '_', '-' or '.'"
+        )
+    return value
+
+
+def validate_namespace(value: object) -> str:
+    """Return ``value`` if it is a valid key namespace; raise ``ConfigError`` otherwise."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        raise ConfigError(
+            f"namespace {_shown(value)} is invalid; expected 1-48 characters of ASCII letters, "
+            "digits, '_', '-' or '.'"
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """The keys of one session; all share the hash tag ``{<session_id>}``."""
+
+    session_id: str
+    input: str
+    output: str
+    state: str
+    lease: str
+
+    @property
+    def hash_tag(self) -> str:
+        return "{" + self.session_id + "}"
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every key of the session (for expiry and clean-up)."""
+        return (self.input, self.output, self.state, self.lease)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keys:
+    """Key layout of one deployment (one namespace)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+
+    def session(self, session_id: str) -> SessionKeys:
+        """The keys of ``session_id`` (validated first)."""
+        sid = validate_session_id(session_id)
+        base = f"{self.namespace}:{{{sid}}}:"
+        return SessionKeys(
+            session_id=sid,
+            input=base + "in",
+            output=base + "out",
+            state=base + "state",
+            lease=base + "lease",
+        )
+
+    @property
+    def queue(self) -> str:
+        """The arq queue (a sorted set) the session jobs are enqueued on."""
+        return f"{self.namespace}:queue"
+
+    @property
+    def live(self) -> str:
+        """Sorted set: open session id -> lease deadline in epoch milliseconds."""
+        return f"{self.namespace}:live"
+
+    def wake(self, reader_id: str) -> str:
+        """The wake-up stream of one process's multiplexed reader."""
+        return f"{self.namespace}:wake:{validate_session_id(reader_id)}"
+
+    def job_id(self, session_id: str, epoch: int) -> str:
+        """The deterministic arq job id of ``session_id``'s owner for ``epoch``."""
+        if not isinstance(epoch, int) or epoch < 1:
+            raise ConfigError(f"epoch must be a positive integer, got {epoch!r}")
+        return f"{self.namespace}:session:{validate_session_id(session_id)}:{epoch}"

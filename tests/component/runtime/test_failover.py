@@ -1,0 +1,193 @@
+"""Ownership and failover with in-process workers: takeover, hand-off, fencing, the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from protocol import ErrorEvent, RealtimeSessionConfig, RealtimeToolResponse
+from protocol.keys import Keys
+from worker.metrics import REGISTRY
+
+CONFIG = RealtimeSessionConfig(instructions="help")
+KEYS = Keys("vgtest")
+
+
+def frame(n: int) -> bytes:
+    return n.to_bytes(2, "little") * 160
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_crashed_owner_is_taken_over_and_no_frame_is_lost(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="crash")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    for n in range(1, 21):
+        client.send_audio(frame(n))
+    await events.wait_for(lambda: len(events.of("audio")) == 20)
+    takeovers = metric("voicegrid_takeovers_total", reason="lease_expired")
+    redis = make_redis()
+    state_key = KEYS.session(client.session_id).state
+
+    async def saved_provider_state() -> None:  # exported with the lease renewals
+        while await redis.hget(state_key, "pstate") != b'{"frames_seen":20}':  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(saved_provider_state(), 5)
+
+    await owner.crash()
+    successor = await start_worker()
+    for n in range(21, 41):  # the caller keeps talking while nobody owns the session
+        client.send_audio(frame(n))
+    await events.wait_for(lambda: events.of("reconnected"), within=10)
+    reconnected = events.of("reconnected")[0]
+    assert reconnected.strategy == "resumed"  # the fake provider imported its exported state
+    assert [e.reason for e in events.of("reconnecting")] == ["takeover"]
+    assert client.session_id in successor.runtime.sessions
+    new_provider = fakes["crash"][1]
+    assert new_provider.imported == {"frames_seen": 20}
+    await events.wait_for(lambda: any(a.data == frame(40) for a in events.of("audio")))
+
+    seen = fakes["crash"][0].frames + new_provider.frames
+    # every frame reached a provider, in order; only the crash window may repeat
+    assert [f for f in dict.fromkeys(seen)] == [frame(n) for n in range(1, 41)]
+    assert metric("voicegrid_takeovers_total", reason="lease_expired") == takeovers + 1
+    output = await redis.xrange(KEYS.session(client.session_id).output)
+    epochs = [fields[b"ep"] for _, fields in output]
+    assert epochs == sorted(epochs) and epochs[-1] == b"2"
+
+
+async def test_a_takeover_without_provider_state_replays_the_conversation(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="replay", echo=False)
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.request_response("call a tool")
+    await events.wait_for(lambda: events.of("tool-call"))
+    client.send_tool_response([RealtimeToolResponse(call_id="call-1", output="sunny")])
+    await events.wait_for(lambda: events.of("response-done"))
+    keys = KEYS.session(client.session_id)
+    redis = make_redis()
+    # make the saved provider state empty so the runtime's own replay is used
+    await owner.crash()
+    await redis.hset(keys.state, "pstate", b"{}")
+    await start_worker()
+    await events.wait_for(lambda: events.of("reconnected"), within=10)
+    assert events.of("reconnected")[0].strategy == "replayed"
+    replayed = fakes["replay"][1].config
+    assert replayed is not None
+    assert replayed.instructions.startswith("help\n\n")
+    assert "weather" in replayed.instructions and "sunny" in replayed.instructions
+    # the tool result the first owner applied is not applied again
+    assert fakes["replay"][1].tool_responses == []
+
+
+async def test_drain_hands_the_session_over_exactly_once(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any
+) -> None:
+    first = await start_worker()
+    client = make_client(tag="drain")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    second = await start_worker()
+    for n in range(1, 11):
+        client.send_audio(frame(n))
+    await events.wait_for(lambda: len(events.of("audio")) == 10)
+    handoffs = metric("voicegrid_handoffs_total", reason="drain")
+
+    stopping = asyncio.create_task(first.stop())
+    await events.wait_for(lambda: events.of("reconnected"), within=5)
+    await stopping
+    assert events.of("reconnecting")[0].reason == "handoff"
+    assert client.session_id in second.runtime.sessions
+    for n in range(11, 21):
+        client.send_audio(frame(n))
+    await events.wait_for(lambda: any(a.data == frame(20) for a in events.of("audio")))
+    seen = fakes["drain"][0].frames + fakes["drain"][1].frames
+    assert seen == [frame(n) for n in range(1, 21)]  # exact cursor: no frame twice
+    assert fakes["drain"][0].disconnected
+    assert metric("voicegrid_handoffs_total", reason="drain") == handoffs + 1
+    assert not [e for e in events.of("closed")]
+
+
+async def test_a_worker_that_lost_its_lease_is_fenced_and_stops(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, make_redis: Any
+) -> None:
+    stale = await start_worker()
+    client = make_client(tag="fence")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    runtime = stale.runtime
+    runner = runtime.sessions[client.session_id]
+    fenced = metric("voicegrid_sessions_ended_total", provider="fake", reason="fenced")
+
+    # "SIGSTOP": the stale worker stops renewing; another worker takes the session over
+    renewer = next(t for t in runtime._tasks if t.get_name() == "voicegrid-renewer")
+    renewer.cancel()
+    assert runtime.arq is not None
+    runtime.arq.allow_pick_jobs = False  # a stopped process picks no jobs either
+    await start_worker()
+    await events.wait_for(lambda: events.of("reconnected"), within=10)
+
+    # "SIGCONT": its next write is rejected by the fence and it stops the session
+    runner._emit("error", ErrorEvent(code="stale", message="late"))
+    await asyncio.wait_for(runner._ended.wait(), 5)
+    assert runner.end_reason == "fenced"
+    assert fakes["fence"][0].disconnected
+    output = await make_redis().xrange(KEYS.session(client.session_id).output)
+    assert not [f for _, f in output if b"stale" in f.get(b"b", b"")]
+    await asyncio.wait_for(asyncio.shield(_until_gone(runtime, client.session_id)), 5)
+    assert metric("voicegrid_sessions_ended_total", provider="fake", reason="fenced") == fenced + 1
+    client.send_audio(frame(7))
+    await events.wait_for(lambda: any(a.data == frame(7) for a in events.of("audio")))
+    assert fakes["fence"][0].frames == [] and fakes["fence"][1].frames == [frame(7)]
+
+
+async def _until_gone(runtime: Any, session_id: str) -> None:
+    async with runtime._ended:
+        await runtime._ended.wait_for(lambda: session_id not in runtime.sessions)
+
+
+async def test_metrics_and_health_endpoints(start_worker: Any, make_client: Any) -> None:
+    worker = await start_worker(max_sessions=3)
+    await make_client().connect(CONFIG)
+    status, body = worker.http_status("/metrics")
+    assert status == 200
+    assert b"voicegrid_sessions_active 1.0" in body
+    assert b"voicegrid_sessions_capacity 3.0" in body
+    assert worker.http_status("/healthz")[0] == 200
+    assert worker.http_status("/readyz") == (200, b"ready: 1/3 sessions\n")
+    reader, writer = await asyncio.open_connection("127.0.0.1", worker.runtime.http.port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = await reader.read()
+    writer.close()
+    assert reply.startswith(b"HTTP/1.0 200 OK") and reply.endswith(b"ready: 1/3 sessions\n")
+
+
+async def test_a_redis_outage_shorter_than_the_lease_loses_nothing(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, server: Any, wait_until: Any
+) -> None:
+    worker = await start_worker()
+    client = make_client(tag="outage")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.send_audio(frame(1))
+    await events.wait_for(lambda: len(events.of("audio")) == 1)
+    server.connected = False  # every Redis command now fails with a connection error
+    for n in range(2, 12):
+        client.send_audio(frame(n))  # buffered by the ingress, never blocks
+    # the outage lasts until the worker noticed it (well within the 1 s lease)
+    await wait_until(lambda: worker.runtime.health.last_error != "", 2)
+    server.connected = True
+    await events.wait_for(lambda: len(events.of("audio")) == 11, within=10)
+    assert fakes["outage"][0].frames == [frame(n) for n in range(1, 12)]
+    assert len(fakes["outage"]) == 1  # no takeover was needed
+    assert not events.of("reconnected")

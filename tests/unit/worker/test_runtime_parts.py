@@ -1,0 +1,102 @@
+"""Unit tests of the worker's pure parts: conversation replay, Redis URLs, settings, health."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import redis.asyncio
+
+from protocol import RealtimeSessionConfig
+from protocol.errors import ConfigError
+from worker.conversation import MAX_ITEMS, MAX_TEXT_BYTES, ConversationLog, replay_config
+from worker.http import HealthServer
+from worker.jobs import open_redis
+from worker.lease import Lease
+from worker.settings import WorkerSettings, redact_url
+
+
+def test_conversation_is_bounded_and_replayed_into_the_instructions() -> None:
+    log = ConversationLog()
+    log.add_message("user", "What is the weather in Paris?")
+    log.add_tool_call("c1", "weather", {"city": "Paris"})
+    log.add_tool_result("c1", {"temp": 21})
+    log.add_message("assistant", "It is 21 degrees.")
+    log.add_message("user", "   ")  # blank turns are not kept
+    config = replay_config(RealtimeSessionConfig(instructions="Be brief."), log)
+    assert config.instructions.startswith("Be brief.\n\n")
+    assert 'weather({"city":"Paris"})' in config.instructions
+    assert config.instructions.endswith("assistant: It is 21 degrees.")
+    assert replay_config(RealtimeSessionConfig(), ConversationLog()).instructions == ""
+
+    for n in range(500):
+        log.add_message("user", f"turn {n} " + "x" * 100)
+    assert len(log.items) <= MAX_ITEMS
+    assert len(log.dumps()) <= MAX_TEXT_BYTES
+    assert "turn 499" in log.items[-1]["text"] and not log.changed
+    assert ConversationLog(log.items).items == log.items
+
+
+@pytest.mark.parametrize(
+    ("url", "db", "password", "ssl"),
+    [
+        ("redis://127.0.0.1:6379/0", 0, None, False),
+        ("redis://:s3cret@redis.internal:6380/3", 3, "s3cret", False),
+        ("rediss://user:s3cret@redis.example.com:6380/5", 5, "s3cret", True),
+    ],
+)
+def test_redis_urls_with_password_tls_and_db(
+    url: str, db: int, password: str | None, ssl: bool
+) -> None:
+    client = open_redis(url, queue="ns:queue")
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["db"] == db and kwargs.get("password") == password
+    is_ssl = issubclass(client.connection_pool.connection_class, redis.asyncio.SSLConnection)
+    assert is_ssl is ssl
+    assert client.default_queue_name == "ns:queue"
+    assert "s3cret" not in redact_url(url)
+
+
+def test_namespace_setting_is_validated() -> None:
+    assert WorkerSettings.from_env({"VOICEGRID_NAMESPACE": "team-a"}).namespace == "team-a"
+    with pytest.raises(ConfigError, match="namespace"):
+        WorkerSettings.from_env({"VOICEGRID_NAMESPACE": "bad:ns"})
+
+
+def test_a_lease_is_trusted_locally_only_until_most_of_its_ttl() -> None:
+    lease = Lease(keys=None, epoch=4, worker_id="w1", ttl_s=3.0)  # type: ignore[arg-type]
+    assert lease.token == "4:w1"
+    sent = time.monotonic()
+    lease.renewed(sent)
+    assert lease.locally_valid(sent + 2.3)
+    assert not lease.locally_valid(sent + 2.5)
+
+
+def _runtime(**changes: object) -> SimpleNamespace:
+    base = SimpleNamespace(
+        draining=False,
+        sessions={},
+        settings=WorkerSettings(redis_url="redis://x", max_sessions=2),
+        health=SimpleNamespace(reachable=lambda: True),
+        loop_tick=time.monotonic(),
+    )
+    return SimpleNamespace(**{**vars(base), **changes})
+
+
+def test_readiness_and_health_routes() -> None:
+    server = HealthServer(_runtime(), port=0)  # type: ignore[arg-type]
+    assert server.route("/readyz") == (200, "text/plain", b"ready: 0/2 sessions\n")
+    assert server.route("/healthz")[0] == 200
+    assert server.route("/metrics")[0] == 200
+    assert server.route("/nope")[0] == 404
+    full = HealthServer(_runtime(sessions={"a": 1, "b": 2}), port=0)  # type: ignore[arg-type]
+    assert full.route("/readyz")[:1] == (503,) and b"full" in full.route("/readyz")[2]
+    draining = HealthServer(_runtime(draining=True), port=0)  # type: ignore[arg-type]
+    assert draining.route("/readyz")[2] == b"draining\n"
+    down = HealthServer(  # type: ignore[arg-type]
+        _runtime(health=SimpleNamespace(reachable=lambda: False)), port=0
+    )
+    assert down.route("/readyz")[2] == b"redis unreachable\n"
+    stalled = HealthServer(_runtime(loop_tick=time.monotonic() - 60), port=0)  # type: ignore[arg-type]
+    assert stalled.route("/healthz")[0] == 503

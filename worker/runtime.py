@@ -1,0 +1,476 @@
+"""The worker process: arq session jobs, the shared pumps, lease renewal, the reaper, drain.
+
+One :class:`WorkerRuntime` per worker process holds what all its sessions share: the Redis
+client, the multiplexed :class:`~worker.io.InputReader`, the coalescing
+:class:`~worker.io.OutputWriter`, the lease renewer, the cursor checkpointer, the reaper and
+the ``/metrics`` server. arq carries the session jobs:
+
+- A session job (``run_session(session_id, epoch)``, job id ``<ns>:session:<sid>:<epoch>``)
+  takes the session's lease for that epoch, then removes itself from arq's queue: a job that
+  runs for an hour must not sit in the queue (it would starve new jobs once running jobs fill
+  ``queue_read_limit``), and arq would only restart it an hour after a crash. Liveness is the
+  lease's business: a crashed owner stops renewing, and the reaper on any worker enqueues the job
+  of the next epoch, which continues the session.
+- ``max_jobs`` is the session capacity (``VOICEGRID_MAX_SESSIONS``): a full worker does not
+  pull jobs, so the queue goes to workers with room.
+- ``max_tries=1`` and ``retry_jobs=False``: a job is never re-run by arq; a new epoch gets a new
+  job id.
+
+Drain (SIGTERM or ``stop_event``): stop pulling jobs, then for each session close the provider
+connection cleanly, save the exact input cursor, release the lease and enqueue the next epoch's
+job, which another worker picks up within its poll delay; then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from typing import Any
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.worker import Worker, func
+from redis.exceptions import NoScriptError, ResponseError
+
+from protocol.errors import InvalidSessionId, StreamEntryError
+from protocol.keys import Keys, validate_session_id
+from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, decode_record
+
+from .http import HealthServer
+from .io import REDIS_ERRORS, Backoff, InputReader, OutputWriter, RedisHealth
+from .jobs import JOB_NAME, enqueue_session, open_redis
+from .lease import LeaseScripts
+from .metrics import (
+    HANDOFFS,
+    REDIS_COMMAND_LATENCY,
+    SESSIONS_ACTIVE,
+    SESSIONS_CAPACITY,
+    SESSIONS_ENDED,
+    SESSIONS_STARTED,
+    TAKEOVERS,
+    WORKER_DRAINING,
+)
+from .session import Phase, SessionRunner
+from .settings import WorkerSettings
+
+__all__ = [
+    "JOB_TIMEOUT_S",
+    "POLL_DELAY_S",
+    "WorkerRuntime",
+    "arq_worker",
+    "run_worker",
+]
+
+log = logging.getLogger("voicegrid.worker")
+
+#: arq's timeout for a session job: longer than any session (OpenAI caps sessions at 60 min).
+JOB_TIMEOUT_S = 6 * 3600
+#: How often an idle worker polls arq's queue: bounds the hand-off gap after SIGTERM.
+POLL_DELAY_S = 0.05
+#: How often the trailing input cursors are saved.
+CHECKPOINT_INTERVAL_S = 0.1
+
+
+class WorkerRuntime:
+    """Everything one worker process shares between its sessions (see the module docstring)."""
+
+    def __init__(self, settings: WorkerSettings, *, redis: ArqRedis | None = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.worker_id = settings.worker_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.redis = redis or open_redis(settings.redis_url, queue=self.keys.queue)
+        self._own_redis = redis is None
+        self.health = RedisHealth()
+        self.scripts = LeaseScripts(self.redis)
+        self.reader = InputReader(self.redis, self.keys, self.health)
+        self.writer = OutputWriter(self.redis, self.scripts, self.health, maxlen=OUTPUT_MAXLEN)
+        self.sessions: dict[str, SessionRunner] = {}
+        self.draining = False
+        self.arq: Worker | None = None
+        self.http: HealthServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._renew_now = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.loop_tick = time.monotonic()
+        self._ended = asyncio.Condition()
+
+    # --- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the scripts and start the pumps, the renewer, the reaper and ``/metrics``."""
+        backoff = Backoff(first=0.2)
+        while True:
+            try:
+                await self.scripts.load()
+                break
+            except REDIS_ERRORS as exc:
+                self.health.failed(exc)
+                log.warning(
+                    "Redis at %s unreachable (%s); retrying",
+                    self.settings.redis_url_redacted,
+                    type(exc).__name__,
+                )
+                await backoff.wait()
+        self.health.ok()
+        SESSIONS_CAPACITY.set(self.settings.max_sessions)
+        WORKER_DRAINING.set(0)
+        for coro, name in (
+            (self.reader.run(), "reader"),
+            (self.writer.run(), "writer"),
+            (self._renew_loop(), "renewer"),
+            (self._checkpoint_loop(), "checkpointer"),
+            (self._reap_loop(), "reaper"),
+            (self._heartbeat(), "heartbeat"),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"voicegrid-{name}"))
+        self.http = HealthServer(self, port=self.settings.metrics_port)
+        await self.http.start()
+        log.info(
+            "worker %s ready: redis=%s namespace=%s capacity=%d metrics port=%d",
+            self.worker_id,
+            self.settings.redis_url_redacted,
+            self.settings.namespace,
+            self.settings.max_sessions,
+            self.http.port,
+        )
+
+    async def drain(self) -> None:
+        """Stop taking sessions and hand every live one over (bounded by the drain timeout)."""
+        self.draining = True
+        WORKER_DRAINING.set(1)
+        SESSIONS_CAPACITY.set(0)
+        if self.arq is not None:
+            self.arq.allow_pick_jobs = False
+        runners = list(self.sessions.values())
+        if runners:
+            log.info("draining: handing %d sessions over", len(runners))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True),
+                self.settings.drain_timeout_s,
+            )
+            async with self._ended:
+                await asyncio.wait_for(
+                    self._ended.wait_for(lambda: not self.sessions), self.settings.drain_timeout_s
+                )
+
+    async def close(self) -> None:
+        """Stop every task and close the Redis client."""
+        for task in self._tasks + list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if self.http is not None:
+            await self.http.stop()
+        if self._own_redis:
+            await self.redis.aclose(close_connection_pool=True)
+
+    @property
+    def ready(self) -> bool:
+        return (
+            not self.draining
+            and self.health.reachable()
+            and len(self.sessions) < self.settings.max_sessions
+        )
+
+    # --- the session job ----------------------------------------------------------------------
+
+    async def run_session(self, session_id: str, epoch: int, job_id: str) -> None:
+        """The body of a session job; never raises (a failure must not kill the worker)."""
+        try:
+            await self._run_session(session_id, epoch, job_id)
+        except Exception:
+            log.exception("session job %s failed", job_id)
+
+    async def _run_session(self, session_id: str, epoch: int, job_id: str) -> None:
+        try:
+            keys = self.keys.session(session_id)
+        except InvalidSessionId as exc:
+            log.error("job %s dropped: %s", job_id, exc)
+            return
+        if self.draining:
+            return
+        started = time.perf_counter()
+        lease, why = await self.scripts.acquire(
+            keys, epoch=epoch, worker_id=self.worker_id, ttl_s=self.settings.lease_ttl_s
+        )
+        REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
+        if lease is None:
+            log.info("job %s not run: lease %s", job_id, why)
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            # out of arq's queue: the lease and the reaper keep this session alive from now on
+            pipe.zrem(self.keys.queue, job_id)
+            pipe.zadd(self.keys.live, {session_id: self._deadline_ms()})
+            if epoch > 1:
+                old = self.keys.job_id(session_id, epoch - 1)
+                pipe.delete(job_key_prefix + old, in_progress_key_prefix + old)
+                pipe.delete(retry_key_prefix + old)
+            pipe.hgetall(keys.state)
+            replies = await pipe.execute()
+        try:
+            record = decode_record(replies[-1])
+        except StreamEntryError as exc:
+            log.error("session %s has a malformed record (%s); closing it", session_id, exc)
+            await self.redis.delete(*keys.all)
+            return
+        runner = SessionRunner(self, lease, record)
+        if runner.kind == "takeover":
+            TAKEOVERS.labels("lease_expired").inc()
+        elif runner.kind == "handoff":
+            HANDOFFS.labels("received").inc()
+        stale = self.sessions.get(session_id)
+        if stale is not None:
+            # this worker ran an older epoch of the session and lost its lease without noticing
+            # yet (e.g. a stalled event loop): that runner must stop before this one starts
+            stale.batch_fenced()
+        self.sessions[session_id] = runner
+        SESSIONS_ACTIVE.set(len(self.sessions))
+        SESSIONS_STARTED.labels(record.provider).inc()
+        log.info("session %s epoch %d started (%s)", session_id, epoch, runner.kind)
+        reason: str | None = None
+        try:
+            reason = await runner.run()
+        finally:
+            # cancelled (the process is going down without a drain): the lease just lapses and
+            # another worker takes the session over, as after a crash
+            if self.sessions.get(session_id) is runner:
+                del self.sessions[session_id]
+            SESSIONS_ACTIVE.set(len(self.sessions))
+            SESSIONS_ENDED.labels(record.provider, reason or "error").inc()
+            async with self._ended:
+                self._ended.notify_all()
+            log.info("session %s epoch %d ended (%s)", session_id, epoch, reason)
+        if reason in ("closed", "error"):
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.redis.zrem(self.keys.live, session_id)
+
+    def released(self, runner: SessionRunner) -> None:
+        """A hand-off's lease release was written: enqueue the next epoch for another worker."""
+        HANDOFFS.labels("drain").inc()
+        task = asyncio.get_running_loop().create_task(self._enqueue_next(runner))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _enqueue_next(self, runner: SessionRunner) -> None:
+        sid = runner.session_id
+        backoff = Backoff()
+        for _ in range(20):
+            try:
+                await enqueue_session(self.redis, self.keys, sid, runner.lease.epoch + 1)
+                await self.redis.zadd(self.keys.live, {sid: int(time.time() * 1000)})
+                return
+            except REDIS_ERRORS:
+                await backoff.wait()
+        log.error("session %s: hand-off enqueue failed; the reaper will pick it up", sid)
+
+    def _deadline_ms(self) -> int:
+        return int((time.time() + self.settings.lease_ttl_s) * 1000)
+
+    # --- background loops ----------------------------------------------------------------------
+
+    def renew_soon(self) -> None:
+        """Renew now (a session holds input until its lease is confirmed)."""
+        self._renew_now.set()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self.settings.lease_renew_s)
+            self._renew_now.clear()
+            runners = [
+                r
+                for r in self.sessions.values()
+                if r.phase in (Phase.STARTING, Phase.LIVE, Phase.CLOSING)
+            ]
+            if not runners:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for runner in runners:
+                self.scripts.queue_renew(
+                    pipe, runner.lease, idle_ttl_s=IDLE_TTL_S, fields=runner.renew_fields()
+                )
+            deadline = self._deadline_ms()
+            pipe.zadd(self.keys.live, {r.session_id: deadline for r in runners})
+            sent = time.monotonic()
+            started = time.perf_counter()
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except REDIS_ERRORS as exc:
+                self.health.failed(exc)
+                log.warning("lease renewal failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.1)
+                self._renew_now.set()
+                continue
+            REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
+            self.health.ok()
+            for runner, reply in zip(runners, replies, strict=False):
+                if isinstance(reply, NoScriptError):
+                    await self.scripts.load()
+                    self._renew_now.set()
+                elif isinstance(reply, ResponseError):
+                    log.error("lease renewal rejected: %s", reply)
+                elif int(reply) == 1:
+                    runner.lease.renewed(sent)
+                    runner.lease_renewed()
+                else:
+                    runner.batch_fenced()
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            now = time.monotonic()
+            for runner in list(self.sessions.values()):
+                runner.checkpoint(now)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.loop_tick = time.monotonic()
+            await asyncio.sleep(0.25)
+
+    async def _reap_loop(self) -> None:
+        """Re-enqueue sessions whose lease expired (their owner died); runs on every worker."""
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_s * random.uniform(0.5, 1.0))
+            if self.draining:
+                continue
+            try:
+                await self.reap_once()
+            except REDIS_ERRORS as exc:
+                self.health.failed(exc)
+            except Exception:
+                log.exception("reaper pass failed")
+
+    async def reap_once(self) -> int:
+        """One reaper pass; returns how many sessions it re-enqueued."""
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        expired = await self.redis.zrangebyscore(self.keys.live, "-inf", now_ms, start=0, num=200)
+        enqueued = 0
+        for raw in expired:
+            sid = raw.decode() if isinstance(raw, bytes) else str(raw)
+            try:
+                keys = self.keys.session(validate_session_id(sid))
+            except InvalidSessionId:
+                await self.redis.zrem(self.keys.live, raw)
+                continue
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.state, ["status", "epoch"])
+                pipe.exists(keys.lease)
+                (status, epoch_raw), leased = await pipe.execute()
+            if status is None or status == b"closed":
+                await self.redis.zrem(self.keys.live, raw)
+                continue
+            if leased:
+                continue
+            epoch = int(epoch_raw or 0) + 1
+            if await enqueue_session(self.redis, self.keys, sid, epoch):
+                enqueued += 1
+                log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
+            else:
+                await self._unstick(sid, epoch)
+        REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
+        return enqueued
+
+    async def _unstick(self, session_id: str, epoch: int) -> None:
+        """The job for ``epoch`` exists: if a worker died between taking it and its lease,
+        arq would keep it "in progress" for hours; free it so another worker runs it."""
+        job_id = self.keys.job_id(session_id, epoch)
+        in_progress = in_progress_key_prefix + job_id
+        ttl_ms = await self.redis.pttl(in_progress)
+        if ttl_ms is None or ttl_ms < 0 or self.arq is None:
+            return
+        age_s = self.arq.in_progress_timeout_s - ttl_ms / 1000
+        if age_s > 2 * self.settings.lease_ttl_s:
+            log.warning("reaper: job %s stuck in progress for %.1fs; freeing it", job_id, age_s)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.delete(in_progress)
+                pipe.zadd(self.keys.queue, {job_id: int(time.time() * 1000)})
+                await pipe.execute()
+
+
+async def _session_job(ctx: dict[str, Any], session_id: str, epoch: int) -> None:
+    runtime: WorkerRuntime = ctx["voicegrid"]
+    await runtime.run_session(session_id, int(epoch), str(ctx["job_id"]))
+
+
+def arq_worker(runtime: WorkerRuntime) -> Worker:
+    """The arq ``Worker`` that runs ``runtime``'s session jobs (signals are ours, not arq's)."""
+    settings = runtime.settings
+    return Worker(
+        functions=[func(_session_job, name=JOB_NAME, timeout=JOB_TIMEOUT_S, max_tries=1)],
+        redis_pool=runtime.redis,
+        queue_name=runtime.keys.queue,
+        max_jobs=settings.max_sessions,
+        job_timeout=JOB_TIMEOUT_S,
+        keep_result=0,
+        poll_delay=POLL_DELAY_S,
+        max_tries=1,
+        retry_jobs=False,
+        handle_signals=False,
+        health_check_interval=60,
+        ctx={"voicegrid": runtime},
+        job_serializer=orjson.dumps,
+        job_deserializer=orjson.loads,
+    )
+
+
+async def run_worker(
+    settings: WorkerSettings,
+    *,
+    stop_event: asyncio.Event,
+    redis: ArqRedis | None = None,
+    started: asyncio.Future[WorkerRuntime] | None = None,
+) -> None:
+    """Run a worker in this event loop until ``stop_event`` is set, then drain and return.
+
+    ``redis`` replaces the client opened from ``settings.redis_url`` (tests, embedding);
+    ``started`` is resolved with the runtime once the worker takes jobs.
+    """
+    runtime = WorkerRuntime(settings, redis=redis)
+    await runtime.start()
+    worker = arq_worker(runtime)
+    runtime.arq = worker
+    if started is not None and not started.done():
+        started.set_result(runtime)
+    stop = asyncio.create_task(stop_event.wait())
+    main: asyncio.Task[None] | None = None
+    backoff = Backoff(first=0.1)
+    try:
+        while not stop_event.is_set():
+            main = asyncio.create_task(worker.main(), name="voicegrid-arq")
+            await asyncio.wait({main, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                break
+            error = None if main.cancelled() else main.exception()
+            if error is None or not isinstance(error, REDIS_ERRORS):
+                log.error("arq worker stopped: %r", error)
+                break
+            # arq's poll loop dies on a connection error; sessions keep running, so restart it
+            runtime.health.failed(error)
+            log.warning("arq poll failed (%s); restarting it", type(error).__name__)
+            await backoff.wait()
+        await runtime.drain()
+        # sessions that just ended may still be returning from their arq job: let them finish
+        # so arq records a result instead of a cancellation
+        if worker.tasks:
+            await asyncio.wait(list(worker.tasks.values()), timeout=1.0)
+    finally:
+        stop.cancel()
+        worker.allow_pick_jobs = False
+        if main is not None:
+            main.cancel()
+        for task in list(worker.tasks.values()):
+            task.cancel()
+        await asyncio.gather(
+            *([main] if main is not None else []), *worker.tasks.values(), return_exceptions=True
+        )
+        await runtime.close()

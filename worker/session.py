@@ -1,0 +1,661 @@
+"""One voice session on one worker: the provider client, its input, events and commands.
+
+A :class:`SessionRunner` runs for one lease epoch. It connects its provider client (fresh, or
+continuing a session another worker owned: ``reconnected`` with the strategy), feeds it the
+input stream's audio and commands in order, and turns every provider event into an output
+entry, in provider order. Its lifecycle is a table (:data:`TRANSITIONS`)::
+
+    starting -> live -> closing      -> ended   (disconnect command or the provider closed)
+                     -> handing-off  -> ended   (SIGTERM drain: lease released, job re-enqueued)
+       any   -> fenced               -> ended   (the lease was lost: stop at once, write nothing)
+
+Cursors: ``last_id`` is the last input entry handed to the provider client. The record's
+``cursor`` (where a new owner starts reading) trails it by :data:`CURSOR_LAG_S`, because a frame
+handed to the client may still sit in its send buffer or socket when the process is killed: after
+a crash the new owner re-sends at most that much audio rather than lose any. Commands are never
+applied twice: ``cmd_cursor`` is saved with the first write after a command. On a graceful
+hand-off the exact ``last_id`` is saved after the provider connection closed cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from pydantic import BaseModel
+
+from protocol import (
+    AudioEvent,
+    ConnectionEvent,
+    ErrorEvent,
+    ProviderConnectionError,
+    ProviderError,
+    RealtimeAudioClient,
+    ResponseDoneEvent,
+    ToolCallEvent,
+    TranscriptEvent,
+    VoicegridError,
+    parse_config,
+)
+from protocol.errors import ConfigError, StreamEntryError, UsageError
+from protocol.events import EVENT_NAMES
+from protocol.keys import SessionKeys
+from protocol.streams import (
+    CLOSED_TTL_S,
+    CONNECT_REF,
+    AudioEntry,
+    Command,
+    DisconnectCommand,
+    PingCommand,
+    RequestResponseCommand,
+    SessionRecord,
+    StateField,
+    ToolResponseCommand,
+    UpdateConfigCommand,
+    decode_input,
+    encode_ack,
+    encode_event,
+    entry_id_key,
+    now_us,
+)
+from providers import create_client
+
+from .conversation import ConversationLog, replay_config
+from .io import WriteBatch
+from .lease import Lease, WriteMode
+from .metrics import (
+    AUDIO_SECONDS,
+    FIRST_AUDIO_LATENCY,
+    FRAMES,
+    INGRESS_TO_PROVIDER_LATENCY,
+    MALFORMED_ENTRIES,
+    PROVIDER_ERRORS,
+    RECONNECTS,
+    RESUMPTIONS,
+    TOOL_CALL_ROUNDTRIP,
+)
+
+if TYPE_CHECKING:
+    from .runtime import WorkerRuntime
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "CURSOR_LAG_S",
+    "TRANSITIONS",
+    "Phase",
+    "SessionRunner",
+    "StartKind",
+]
+
+log = logging.getLogger("voicegrid.worker.session")
+
+#: How far the saved input cursor trails the last entry handed to the provider client.
+CURSOR_LAG_S = 0.1
+#: Seconds a provider connect may take before the session fails (or the takeover retries).
+CONNECT_TIMEOUT_S = 15.0
+#: Connect attempts when taking a session over (a new session reports its first failure).
+TAKEOVER_CONNECT_ATTEMPTS = 3
+#: Seconds for a graceful provider disconnect during close, hand-off or fencing.
+DISCONNECT_TIMEOUT_S = 5.0
+
+StartKind = Literal["new", "takeover", "handoff"]
+EndReason = Literal["closed", "error", "handoff", "fenced"]
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    LIVE = "live"
+    CLOSING = "closing"
+    HANDING_OFF = "handing-off"
+    FENCED = "fenced"
+    ENDED = "ended"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset(
+        {Phase.LIVE, Phase.CLOSING, Phase.HANDING_OFF, Phase.FENCED, Phase.ENDED}
+    ),
+    Phase.LIVE: frozenset({Phase.CLOSING, Phase.HANDING_OFF, Phase.FENCED}),
+    Phase.CLOSING: frozenset({Phase.ENDED, Phase.FENCED}),
+    Phase.HANDING_OFF: frozenset({Phase.ENDED, Phase.FENCED}),
+    Phase.FENCED: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+
+class SessionRunner:
+    """Runs one session for one lease epoch on this worker (see the module docstring)."""
+
+    def __init__(self, runtime: WorkerRuntime, lease: Lease, record: SessionRecord) -> None:
+        self.runtime = runtime
+        self.lease = lease
+        self.keys: SessionKeys = lease.keys
+        self.session_id = lease.keys.session_id
+        self.record = record
+        self.provider = record.provider
+        self.kind: StartKind
+        if record.status == "pending" and record.epoch <= 1:
+            self.kind = "new"
+        elif record.handoff and record.handoff == lease.epoch - 1:
+            self.kind = "handoff"
+        else:
+            self.kind = "takeover"
+        self.phase = Phase.STARTING
+        self.end_reason: EndReason = "closed"
+        self.client: RealtimeAudioClient | None = None
+        self.config = parse_config(record.config)
+        self.conversation = ConversationLog(record.conversation)
+        self.strategy: Literal["resumed", "replayed"] | None = None
+        # input
+        self.last_id = record.cursor
+        self._last_key = entry_id_key(record.cursor)
+        self._cmd_key = entry_id_key(record.command_cursor)
+        self._handed: deque[tuple[float, str]] = deque()
+        self._saved_cursor = record.cursor
+        self._held: list[tuple[bytes, dict[bytes, bytes]]] = []
+        self._holding = False
+        # output
+        self._outbox: list[dict[str, Any]] = []
+        self._outbox_t: list[float] = []
+        self._record_updates: dict[str, bytes] = {}
+        self._final: tuple[WriteMode, float] | None = None
+        self._pstate = orjson.dumps(record.provider_state)
+        # bookkeeping
+        self._ended = asyncio.Event()
+        self._handoff_requested = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._speech_stopped_at: float | None = None
+        self._tool_calls: dict[str, float] = {}
+        self._closed_sent = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _to(self, phase: Phase) -> None:
+        if phase is self.phase:
+            return
+        if phase not in TRANSITIONS[self.phase]:
+            raise UsageError(
+                f"session {self.session_id}: illegal transition {self.phase.value} -> {phase.value}"
+            )
+        self.phase = phase
+
+    async def run(self) -> EndReason:
+        """Connect, relay until the session ends here, and return why it ended."""
+        try:
+            await self._start()
+        except Exception as exc:
+            log.exception("session %s failed to start", self.session_id)
+            if self.phase is Phase.STARTING:
+                await self._fail(exc)
+        await self._ended.wait()
+        for task in list(self._tasks):
+            task.cancel()
+        return self.end_reason
+
+    async def _start(self) -> None:
+        settings = self.runtime.settings
+        api_key, url = None, None
+        if self.provider == "openai":
+            api_key, url = settings.openai_api_key or None, settings.openai_url or None
+        elif self.provider == "gemini":
+            api_key, url = settings.gemini_api_key or None, settings.gemini_url or None
+        # credentials and endpoints are this worker's configuration, never the record's
+        options = {k: v for k, v in self.record.options.items() if k not in ("api_key", "url")}
+        client = create_client(
+            self.provider, model=self.record.model, api_key=api_key, url=url, **options
+        )
+        self.client = client
+        for name in sorted(EVENT_NAMES):
+            client.on(name, self._handler(name))  # type: ignore[arg-type]
+        connect_config = self.config
+        attempts = 1
+        if self.kind != "new":
+            attempts = TAKEOVER_CONNECT_ATTEMPTS
+            self._emit("reconnecting", ConnectionEvent(reason=self.kind))
+            strategy = client.import_state(self.record.provider_state)
+            if strategy is None:
+                connect_config = replay_config(self.config, self.conversation)
+                strategy = "replayed"
+            self.strategy = strategy
+        for attempt in range(1, attempts + 1):
+            try:
+                await asyncio.wait_for(client.connect(connect_config), CONNECT_TIMEOUT_S)
+                break
+            except (ProviderConnectionError, TimeoutError) as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "session %s: provider connect attempt %d failed (%s); retrying",
+                    self.session_id,
+                    attempt,
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(0.5 * attempt)
+        if self.phase is not Phase.STARTING:
+            return  # fenced while connecting
+        self._to(Phase.LIVE)
+        capabilities = client.capabilities.model_dump(mode="json")
+        if self.kind == "new":
+            self._record_updates[StateField.STATUS] = b"live"
+            self._record_updates[StateField.CAPABILITIES] = orjson.dumps(capabilities)
+            self._push(
+                encode_ack(
+                    CONNECT_REF, epoch=self.lease.epoch, result={"capabilities": capabilities}
+                )
+            )
+        else:
+            RESUMPTIONS.labels(self.provider, self.strategy or "replayed").inc()
+        self._record_updates[StateField.HANDOFF] = b"0"
+        self.runtime.writer.mark(self)
+        await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
+        if self._handoff_requested:
+            await self.hand_off()
+
+    async def _fail(self, exc: BaseException) -> None:
+        """The provider connection could not be made: report it and close the session."""
+        error = exc if isinstance(exc, VoicegridError) else None
+        code = exc.code if isinstance(exc, ProviderError) else "connect_failed"
+        message = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
+        PROVIDER_ERRORS.labels(self.provider, code, "false").inc()
+        self._emit("error", ErrorEvent(code=code, message=message, recoverable=False))
+        if self.kind == "new":
+            self._push(
+                encode_ack(
+                    CONNECT_REF,
+                    epoch=self.lease.epoch,
+                    error=error or ProviderConnectionError(message, code=code, recoverable=False),
+                )
+            )
+        self._emit_closed(ConnectionEvent(reason="connect_failed"))
+        self.end_reason = "error"
+        self._to(Phase.CLOSING)
+        if self.client is not None:
+            await self._quiet_disconnect()
+        await self._finish("close")
+
+    async def _finish(self, mode: WriteMode) -> None:
+        """Write the last record fields (``mode`` releases or closes) and end the job."""
+        self.runtime.reader.remove(self.keys.input)
+        fields = self._checkpoint_fields(exact=True)
+        if mode == "close":
+            fields[StateField.STATUS] = b"closed"
+        self._record_updates.update(fields)
+        self._final = (mode, float(CLOSED_TTL_S))
+        self.runtime.writer.mark(self)
+        flushed = await self.runtime.writer.flush(self, within_s=DISCONNECT_TIMEOUT_S * 2)
+        if not flushed:
+            log.error("session %s: final write did not complete", self.session_id)
+        if self.phase is not Phase.FENCED:
+            self._to(Phase.ENDED)
+        self._ended.set()
+
+    async def _quiet_disconnect(self) -> None:
+        assert self.client is not None
+        try:
+            await asyncio.wait_for(self.client.disconnect(), DISCONNECT_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("session %s: provider disconnect failed: %r", self.session_id, exc)
+
+    async def hand_off(self) -> None:
+        """Drain: stop, save the exact cursor, release the lease, let another worker continue."""
+        if self.phase is Phase.STARTING:
+            self._handoff_requested = True
+            return
+        if self.phase is not Phase.LIVE:
+            return
+        self._to(Phase.HANDING_OFF)
+        self.runtime.reader.remove(self.keys.input)
+        assert self.client is not None
+        self._save_provider_state()
+        await self._quiet_disconnect()
+        self._record_updates[StateField.HANDOFF] = str(self.lease.epoch).encode()
+        self.end_reason = "handoff"
+        await self._finish("release")
+
+    def batch_fenced(self) -> None:
+        """The lease is gone (writes rejected): stop at once, write nothing more."""
+        if self.phase in (Phase.FENCED, Phase.ENDED):
+            return
+        log.warning(
+            "session %s: lease epoch %d lost; this worker stops the session",
+            self.session_id,
+            self.lease.epoch,
+        )
+        self.phase = Phase.FENCED
+        self.end_reason = "fenced"
+        self.runtime.reader.remove(self.keys.input)
+        self._outbox.clear()
+        self._outbox_t.clear()
+        self._record_updates.clear()
+        self._spawn(self._stop_fenced())
+
+    async def _stop_fenced(self) -> None:
+        if self.client is not None:
+            await self._quiet_disconnect()
+        self._ended.set()
+
+    def lease_renewed(self) -> None:
+        """A renewal succeeded: entries held while the lease was unconfirmed go through."""
+        if self.phase is Phase.LIVE and self._held and not self._holding:
+            self._drain_held()
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def feed(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Entries read from the input stream, in order (called by the reader)."""
+        if self.phase is not Phase.LIVE:
+            return
+        if self._holding or self._held or not self.lease.locally_valid():
+            # a serial command is running, or the lease may have lapsed (e.g. the process was
+            # stopped): hand nothing to the provider until it is confirmed
+            self._held.extend(entries)
+            if not self.lease.locally_valid():
+                self.runtime.renew_soon()
+            return
+        self._apply_all(entries)
+
+    def _drain_held(self) -> None:
+        held, self._held = self._held, []
+        self._apply_all(held)
+
+    def _apply_all(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        for index, (entry_id, fields) in enumerate(entries):
+            if self.phase is not Phase.LIVE:
+                return
+            if self._holding:
+                self._held.extend(entries[index:])
+                return
+            self._apply(entry_id.decode(), fields)
+
+    def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        key = entry_id_key(entry_id)
+        if key <= self._last_key:
+            return  # already handed to the provider (a re-delivered entry)
+        self._last_key = key
+        self.last_id = entry_id
+        self._handed.append((time.monotonic(), entry_id))
+        try:
+            entry = decode_input(fields)
+        except StreamEntryError as exc:
+            MALFORMED_ENTRIES.labels("input").inc()
+            self._emit(
+                "error",
+                ErrorEvent(
+                    code="malformed_entry",
+                    message=f"input entry {entry_id}: {exc}",
+                    recoverable=True,
+                ),
+            )
+            return
+        if isinstance(entry, AudioEntry):
+            self._send_audio(entry_id, entry)
+        elif key > self._cmd_key:
+            self._cmd_key = key
+            self._command(entry_id, entry.command)
+
+    def _send_audio(self, entry_id: str, entry: AudioEntry) -> None:
+        assert self.client is not None
+        try:
+            self.client.send_audio(entry.data)
+        except VoicegridError as exc:
+            MALFORMED_ENTRIES.labels("audio").inc()
+            self._emit(
+                "error",
+                ErrorEvent(
+                    code="invalid_audio", message=f"input entry {entry_id}: {exc}", recoverable=True
+                ),
+            )
+            return
+        FRAMES.labels("in").inc()
+        AUDIO_SECONDS.labels("in").inc(len(entry.data) / self.config.input_audio.bytes_per_second)
+        INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
+
+    def _command(self, entry_id: str, command: Command) -> None:
+        assert self.client is not None
+        client = self.client
+        try:
+            if isinstance(command, ToolResponseCommand):
+                now = time.perf_counter()
+                for response in command.responses:
+                    started = self._tool_calls.pop(response.call_id, None)
+                    if started is not None:
+                        TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
+                    self.conversation.add_tool_result(response.call_id, response.output)
+                client.send_tool_response(list(command.responses))
+            elif isinstance(command, RequestResponseCommand):
+                client.request_response(command.instruction)
+            elif isinstance(command, PingCommand):
+                self._spawn(self._ping(entry_id))
+            elif isinstance(command, UpdateConfigCommand):
+                self._holding = True
+                self._spawn(self._update_config(entry_id, command))
+            elif isinstance(command, DisconnectCommand):
+                self._holding = True
+                self._spawn(self._disconnect(entry_id))
+        except VoicegridError as exc:
+            self._emit("error", _error_event(exc, f"{command.type} command {entry_id}"))
+        self._record_updates[StateField.COMMAND_CURSOR] = entry_id.encode()
+        if self.conversation.changed:
+            self._record_updates[StateField.CONVERSATION] = self.conversation.dumps()
+        self.runtime.writer.mark(self)
+
+    async def _ping(self, entry_id: str) -> None:
+        assert self.client is not None
+        try:
+            alive = await asyncio.wait_for(self.client.ping(), 10.0)
+        except Exception:
+            alive = False
+        self._push(encode_ack(entry_id, epoch=self.lease.epoch, result={"alive": bool(alive)}))
+
+    async def _update_config(self, entry_id: str, command: UpdateConfigCommand) -> None:
+        assert self.client is not None
+        try:
+            merged = self.config.merged(command.update)
+            await self.client.update_config(command.update)
+        except Exception as exc:
+            error = exc if isinstance(exc, VoicegridError) else ConfigError(str(exc))
+            self._push(encode_ack(entry_id, epoch=self.lease.epoch, error=error))
+        else:
+            self.config = merged
+            self._record_updates[StateField.CONFIG] = orjson.dumps(merged.model_dump(mode="json"))
+            self._push(encode_ack(entry_id, epoch=self.lease.epoch))
+        finally:
+            self._holding = False
+        if self.phase is Phase.LIVE:
+            self._drain_held()
+
+    async def _disconnect(self, entry_id: str) -> None:
+        if self.phase is not Phase.LIVE:
+            return
+        self._to(Phase.CLOSING)
+        await self._quiet_disconnect()
+        self._emit_closed(ConnectionEvent(reason="disconnect"))
+        self._push(encode_ack(entry_id, epoch=self.lease.epoch))
+        await self._finish("close")
+
+    # --- output --------------------------------------------------------------------------------
+
+    def _handler(self, name: str) -> Any:
+        def handle(payload: BaseModel) -> None:
+            self._on_provider_event(name, payload)
+
+        return handle
+
+    def _on_provider_event(self, name: str, payload: BaseModel) -> None:
+        phase = self.phase
+        if phase in (Phase.FENCED, Phase.ENDED, Phase.HANDING_OFF):
+            return
+        if phase is Phase.STARTING and name in ("error", "closed"):
+            return  # a failed connect is reported once, by _fail
+        if name == "connected" and self.kind != "new":
+            name = "reconnected"
+            payload = ConnectionEvent(reason=self.kind, strategy=self.strategy)
+        self._observe(name, payload)
+        if name == "closed":
+            self._emit_closed(payload)
+            if phase is Phase.LIVE:
+                # the provider ended the session by itself (fatal error, or it gave up)
+                self._to(Phase.CLOSING)
+                self.end_reason = "closed"
+                self._spawn(self._finish("close"))
+            return
+        self._emit(name, payload)
+        if name == "response-done":
+            self._save_provider_state()
+
+    def _observe(self, name: str, payload: BaseModel) -> None:
+        """Metrics and the conversation log, per event."""
+        if isinstance(payload, AudioEvent):
+            FRAMES.labels("out").inc()
+            fmt = self.config.output_audio
+            AUDIO_SECONDS.labels("out").inc(
+                len(payload.data) / (payload.sample_rate * fmt.bytes_per_sample)
+            )
+            if self._speech_stopped_at is not None:
+                FIRST_AUDIO_LATENCY.labels(self.provider).observe(
+                    time.perf_counter() - self._speech_stopped_at
+                )
+                self._speech_stopped_at = None
+        elif name == "speech-stopped":
+            self._speech_stopped_at = time.perf_counter()
+        elif isinstance(payload, ToolCallEvent):
+            if len(self._tool_calls) < 256:
+                self._tool_calls[payload.call_id] = time.perf_counter()
+            self.conversation.add_tool_call(payload.call_id, payload.name, payload.arguments)
+        elif isinstance(payload, TranscriptEvent):
+            if payload.final:
+                self.conversation.add_message(payload.role, payload.text)
+        elif isinstance(payload, ErrorEvent):
+            PROVIDER_ERRORS.labels(
+                self.provider, payload.code, "true" if payload.recoverable else "false"
+            ).inc()
+        elif name == "reconnecting" and isinstance(payload, ConnectionEvent):
+            RECONNECTS.labels(self.provider, payload.reason or "drop").inc()
+        elif name == "reconnected" and isinstance(payload, ConnectionEvent):
+            if self.phase is Phase.LIVE:  # the provider client's own reconnect
+                RESUMPTIONS.labels(self.provider, payload.strategy or "replayed").inc()
+        elif isinstance(payload, ResponseDoneEvent):
+            self._speech_stopped_at = None
+
+    def _emit_closed(self, payload: BaseModel) -> None:
+        if not self._closed_sent:
+            self._closed_sent = True
+            self._emit("closed", payload)
+
+    def _emit(self, name: str, payload: BaseModel) -> None:
+        self._push(encode_event(name, payload, epoch=self.lease.epoch))
+
+    def _push(self, fields: dict[str, Any]) -> None:
+        if self.phase is Phase.FENCED:
+            return
+        self._outbox.append(fields)
+        self._outbox_t.append(time.perf_counter())
+        if self.conversation.changed:
+            # saved in the same fenced write as the event that changed it
+            self._record_updates[StateField.CONVERSATION] = self.conversation.dumps()
+        self.runtime.writer.mark(self)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoint(self, now: float) -> None:
+        """Periodic: save the trailing input cursor and the conversation when they changed."""
+        if self.phase is not Phase.LIVE:
+            return
+        fields = self._checkpoint_fields(exact=False, now=now)
+        if fields:
+            self._record_updates.update(fields)
+            self.runtime.writer.mark(self)
+
+    def renew_fields(self) -> dict[str, bytes]:
+        """Record fields to save with the next lease renewal (the provider's exported state)."""
+        if self.phase is not Phase.LIVE:
+            return {}
+        return self._save_provider_state(queue=False)
+
+    def _save_provider_state(self, *, queue: bool = True) -> dict[str, bytes]:
+        if self.client is None:
+            return {}
+        try:
+            state = orjson.dumps(self.client.export_state())
+        except Exception:
+            log.exception("session %s: export_state failed", self.session_id)
+            return {}
+        if state == self._pstate:
+            return {}
+        self._pstate = state
+        fields = {StateField.PROVIDER_STATE: state}
+        if queue:
+            self._record_updates.update(fields)
+            self.runtime.writer.mark(self)
+        return fields
+
+    def _checkpoint_fields(self, *, exact: bool, now: float | None = None) -> dict[str, bytes]:
+        fields: dict[str, bytes] = {}
+        if exact:
+            cursor = self.last_id
+            self._handed.clear()
+        else:
+            horizon = (time.monotonic() if now is None else now) - CURSOR_LAG_S
+            cursor = self._saved_cursor
+            while self._handed and self._handed[0][0] <= horizon:
+                cursor = self._handed.popleft()[1]
+        if cursor != self._saved_cursor:
+            self._saved_cursor = cursor
+            fields[StateField.CURSOR] = cursor.encode()
+        if self.conversation.changed:
+            fields[StateField.CONVERSATION] = self.conversation.dumps()
+        return fields
+
+    # --- the writer's side ---------------------------------------------------------------------
+
+    def take_batch(self) -> WriteBatch | None:
+        if self.phase is Phase.FENCED:
+            return None
+        if not self._outbox and not self._record_updates and self._final is None:
+            return None
+        mode, ttl = self._final if self._final is not None else ("keep", 0.0)
+        batch = WriteBatch(
+            entries=self._outbox,
+            enqueued_at=self._outbox_t,
+            fields=self._record_updates,
+            mode=mode,
+            close_ttl_s=ttl,
+        )
+        self._outbox, self._outbox_t, self._record_updates = [], [], {}
+        self._final = None
+        return batch
+
+    def restore_batch(self, batch: WriteBatch) -> None:
+        if self.phase is Phase.FENCED:
+            return
+        self._outbox[:0] = batch.entries
+        self._outbox_t[:0] = batch.enqueued_at
+        self._record_updates = {**batch.fields, **self._record_updates}
+        if batch.mode != "keep" and self._final is None:
+            self._final = (batch.mode, batch.close_ttl_s)
+
+    def batch_written(self, batch: WriteBatch) -> None:
+        if batch.mode == "release":
+            self.runtime.released(self)
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s task failed", self.session_id, exc_info=task.exception())
+
+
+def _error_event(exc: VoicegridError, what: str) -> ErrorEvent:
+    code = exc.code if isinstance(exc, ProviderError) else type(exc).__name__
+    return ErrorEvent(code=code, message=f"{what}: {exc}", recoverable=True)

@@ -30,7 +30,7 @@ demo: $(RUN_STAMP)
 	$(VENV)/bin/voicegrid demo $(ARGS)
 
 test: $(DEV_STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -132,6 +132,7 @@ __all__ = [
     "AudioStats",
     "Endpoint",
     "Frame",
+    "NoDebugLogger",
     "Strategy",
     "TransportOptions",
     "WebSocketRealtimeClient",
@@ -233,14 +234,14 @@ class _Outgoing:
     barrier: int
 
 
-class _NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class NoDebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """``websockets`` logs every request header at DEBUG, API keys included: never let it."""
 
     def isEnabledFor(self, level: int) -> bool:
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
-_WS_LOGGER = _NoDebugLogger(logging.getLogger("voicegrid.transport.websockets"), {})
+_WS_LOGGER = NoDebugLogger(logging.getLogger("voicegrid.transport.websockets"), {})
 
 
 class _Link:

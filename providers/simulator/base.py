@@ -45,6 +45,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from protocol.errors import SessionTimeout, UsageError
+from providers.transport import NoDebugLogger
 
 from .model import SimScript, SimulatedModel
 
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# websockets logs request headers (API keys included) at DEBUG; the simulator never lets it
+_WS_LOGGER = NoDebugLogger(logging.getLogger("voicegrid.simulator.websockets"), {})
 
 #: Largest client frame accepted (the OpenAI limit for one audio append is 15 MiB of base64).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -296,6 +299,7 @@ class BaseSimulator(abc.ABC):
             ping_interval=20,
             ping_timeout=20,
             close_timeout=2,
+            logger=_WS_LOGGER,
         )
         sockets = list(self._server.sockets)
         self.port = int(sockets[0].getsockname()[1])

@@ -125,6 +125,9 @@ class CallTimeline:
     reply_audio: bytearray = field(default_factory=bytearray)
     tool_calls: int = 0
     responses: int = 0
+    #: responses that ended after the model spoke (OpenAI ends a tool call in a response of
+    #: its own; Gemini answers a tool call within the same model turn)
+    spoken_responses: int = 0
     errors: list[str] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     turn_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -180,6 +183,8 @@ class CallTimeline:
 
     def _response_done(self, e: ResponseDoneEvent) -> None:
         self.responses += 1
+        if self.first_audio_at is not None:
+            self.spoken_responses += 1
         usage = (
             f", {e.usage.input_tokens} in / {e.usage.output_tokens} out tokens" if e.usage else ""
         )
@@ -265,7 +270,7 @@ async def _reply_finished(timeline: CallTimeline) -> None:
         if timeline.closed.is_set():
             return
         spoke = timeline.first_audio_at is not None
-        if spoke and timeline.responses >= (2 if timeline.tool_calls else 1):
+        if spoke and timeline.spoken_responses >= 1:
             return
 
 

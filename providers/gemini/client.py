@@ -1,0 +1,535 @@
+"""The Gemini Live client: :class:`GeminiTranslator` plus the shared WebSocket transport.
+
+All wire decisions live in the translator; this module wires them to the socket machinery of
+:mod:`providers.transport` and adds what is Gemini-specific about the connection: credentials,
+close-code classification, and the proactive switch to a new connection on ``goAway``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from protocol.client import SessionState
+from protocol.config import (
+    RealtimeCapabilities,
+    RealtimeSessionConfig,
+    RealtimeSessionConfigUpdate,
+    RealtimeToolResponse,
+    parse_config,
+    parse_update,
+)
+from protocol.errors import (
+    ConfigError,
+    ConfigRejectedError,
+    NotConnectedError,
+    ProviderAuthError,
+    ProviderConnectionError,
+    ProviderError,
+)
+from protocol.events import ConfigUpdatedEvent
+from providers.transport import Endpoint, Frame, Strategy, TransportOptions, WebSocketRealtimeClient
+
+from .translator import (
+    INPUT_SAMPLE_RATE,
+    OUTPUT_SAMPLE_RATE,
+    Emit,
+    GeminiTranslator,
+    GoAway,
+    Output,
+    SetupComplete,
+)
+
+__all__ = ["CONSTRAINED_URL", "DEFAULT_URL", "GeminiLiveClient"]
+
+log = logging.getLogger("voicegrid.gemini")
+
+#: The Gemini API (API key) endpoint.
+DEFAULT_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+)
+#: The endpoint for ephemeral tokens (``auth_tokens/...``), used when ``url`` is not given.
+CONSTRAINED_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained"
+)
+
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_EPHEMERAL_PREFIX = "auth_tokens/"
+# Words in a 1007/1008 close reason that mean the credentials, not the config, were refused.
+_AUTH_WORDS = ("api key", "api_key", "permission", "unauthenticated", "credential", "token")
+# 16 kHz PCM16: bytes of wire audio per millisecond.
+_WIRE_BYTES_PER_MS = INPUT_SAMPLE_RATE * 2 // 1000
+
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "auth": "header",
+    "bearer_token": None,
+    "headers": None,
+    "max_buffer_ms": 10_000,
+    "reconnect_attempts": 5,
+    "backoff_initial_s": 0.5,
+    "backoff_max_s": 8.0,
+    "ping_interval_s": None,
+    "ping_timeout_s": 30.0,
+    "open_timeout_s": 10.0,
+    "handshake_timeout_s": 10.0,
+    "go_away_margin_s": 5.0,
+    "resume_wait_s": 5.0,
+    "max_history": 200,
+}
+
+
+class GeminiLiveClient(WebSocketRealtimeClient):
+    """Gemini Live (``BidiGenerateContent``) over raw WebSockets, with seamless resumption.
+
+    ``GeminiLiveClient(*, model, api_key=None, url=None, **options)``
+
+    - ``model``: a model id (sent as ``models/<id>``) or an already qualified name
+      (``models/...``, ``projects/.../publishers/google/models/...``, ``publishers/...``).
+    - ``api_key``: defaults to ``GEMINI_API_KEY``. A key starting with ``auth_tokens/`` is an
+      ephemeral token: it is sent as ``Authorization: Token <token>`` (``auth="header"``) or
+      ``?access_token=<token>`` (``auth="query"``), and the default URL becomes
+      :data:`CONSTRAINED_URL`. Without any credential ``connect`` raises ``ConfigError``, unless
+      ``url`` is a loopback simulator. Keys never appear in logs, events or errors (logged URLs
+      carry no query string).
+    - ``url``: the ``BidiGenerateContent`` endpoint, default :data:`DEFAULT_URL` (v1beta). Vertex
+      AI: ``wss://{LOCATION}-aiplatform.googleapis.com/ws/google.cloud.aiplatform.v1beta1.``
+      ``LlmBidiService/BidiGenerateContent`` with ``bearer_token=<OAuth access token>``, an
+      optional ``headers={"x-goog-user-project": ...}`` and ``model="projects/P/locations/L/``
+      ``publishers/google/models/<id>"``.
+
+    Options (keyword; an unknown option raises ``ConfigError``):
+
+    - ``auth`` (``"header"``): how the API key travels: ``"header"`` (``x-goog-api-key``) or
+      ``"query"`` (``?key=``).
+    - ``bearer_token`` (None): sends ``Authorization: Bearer <token>`` (Vertex AI); no API key
+      is needed then.
+    - ``headers`` (None): extra HTTP headers for the upgrade (e.g. ``x-goog-user-project``, or
+      an ``Authorization`` header of your own, which also counts as a credential).
+    - ``max_buffer_ms`` (10000): outgoing audio buffer in milliseconds of 16 kHz audio; when
+      full the oldest audio is dropped, counted in ``audio_stats`` and reported once per
+      overflow episode as a recoverable ``error`` event ``audio_buffer_overflow``.
+    - ``reconnect_attempts`` (5), ``backoff_initial_s`` (0.5), ``backoff_max_s`` (8.0): tries
+      per connection loss, with exponential backoff and jitter between them.
+    - ``ping_interval_s`` (None), ``ping_timeout_s`` (30.0): keepalive pings are off by
+      default because Gemini's pongs can take 8-30 s and a keepalive timeout would kill a
+      healthy socket; ``ping()`` waits up to ``ping_timeout_s`` for its pong.
+    - ``open_timeout_s`` (10), ``handshake_timeout_s`` (10): limits for the socket upgrade and
+      for ``setupComplete``.
+    - ``go_away_margin_s`` (5.0): after ``goAway`` the client switches connections at the first
+      resumable point (no model turn open, no tool call pending, a resumable handle in hand), and
+      at the latest ``min(go_away_margin_s, timeLeft / 2)`` seconds before ``timeLeft`` runs out.
+    - ``resume_wait_s`` (5.0): how long ``update_config`` waits for a resumable point before it
+      switches anyway (a turn in progress is then cut and reported ``incomplete``).
+    - ``max_history`` (200): conversation entries kept to seed a new session when no handle
+      can be used.
+
+    Config mapping: ``instructions`` -> ``systemInstruction``; ``tools`` -> one
+    ``functionDeclarations`` list with ``parametersJsonSchema``; ``tool_choice="none"`` declares
+    no tools (Gemini Live has no tool_config, so ``"required"`` or a tool name act as
+    ``"auto"``); ``voice`` -> ``prebuiltVoiceConfig.voiceName``; ``language`` ->
+    ``speechConfig.languageCode``; ``temperature``, ``max_output_tokens`` -> generationConfig;
+    ``turn_detection``: ``manual`` disables automatic activity detection (the client brackets
+    each turn with ``activityStart`` / ``activityEnd``: the first audio opens a turn,
+    ``request_response`` ends it), ``silence_ms`` / ``prefix_padding_ms`` map to the VAD, a
+    ``threshold`` above / below 0.5 picks low / high start-of-speech sensitivity,
+    ``semantic_vad`` is treated as ``server_vad``, ``interrupt_response=False`` ->
+    ``NO_INTERRUPTION``; input/output transcription; ``sessionResumption`` always;
+    ``contextWindowCompression`` with a sliding window by default.
+    ``provider_options={"setup": {...}}`` is deep-merged into the ``setup`` message last
+    (camelCase wire names; ``None`` deletes a key), e.g.
+    ``{"setup": {"contextWindowCompression": None}}`` or
+    ``{"setup": {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}}``. Audio: any
+    session input format is converted to 16 kHz PCM16; the model's 24 kHz PCM16 is converted to
+    the session output format.
+
+    ``request_response(instruction)`` sends the instruction as ``realtimeInput.text`` rather
+    than a ``clientContent`` turn: it stays ordered with the caller's audio on the realtime
+    channel, while ``clientContent`` interrupts a reply, must not be interleaved with realtime
+    input and is refused mid-session by 3.x models. Without an instruction it ends the caller's
+    utterance (``audioStreamEnd``; ``activityEnd`` with manual turn detection).
+
+    Connection switches (goAway, an unexpected 1000/1001/1006/1011 close with backoff, and
+    ``update_config``) all take one path: the old socket is closed first (Gemini rejects a resume
+    while it is open), a new ``setup`` carries the latest resumable handle, caller audio and
+    tool results given meanwhile are held and delivered once after ``setupComplete``, and
+    ``reconnecting`` / ``reconnected`` (strategy ``resumed``) are emitted. Without a usable
+    handle (none yet, or the server refused it) a new session is seeded with the conversation
+    so far as a ``clientContent`` turn list and the strategy is ``replayed``. Tool calls the new
+    session does not know are reported as ``tool-call-cancelled``. Close codes 1007/1008 and
+    auth failures are fatal: ``connect`` raises (``ConfigRejectedError`` /
+    ``ProviderAuthError`` with the close code and reason) without retrying, and on a live
+    session the client emits ``error`` (recoverable false) and ``closed``.
+    """
+
+    provider = "gemini"
+    capabilities = RealtimeCapabilities(
+        request_response=True,
+        config_update="resumed",
+        session_resumption=True,
+        tool_call_cancellation=True,
+        message_truncation=False,
+        semantic_vad=False,
+        voice_change_after_audio=True,
+        native_input_sample_rate=INPUT_SAMPLE_RATE,
+        native_output_sample_rate=OUTPUT_SAMPLE_RATE,
+        input_encodings=("pcm16",),
+        # a connection lasts about 10 minutes; the server announces its end with goAway
+        max_connection_seconds=600,
+    )
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        api_key: str | None = None,
+        url: str | None = None,
+        **options: Any,
+    ) -> None:
+        unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown GeminiLiveClient option(s) {unknown}; expected some of "
+                f"{sorted(_OPTION_DEFAULTS)}"
+            )
+        opts = {**_OPTION_DEFAULTS, **options}
+        if opts["auth"] not in ("header", "query"):
+            raise ConfigError(
+                f"auth {opts['auth']!r} is invalid; expected 'header' (x-goog-api-key) or "
+                "'query' (?key=)"
+            )
+        if api_key is not None and (not isinstance(api_key, str) or not api_key):
+            raise ConfigError("api_key must be a non-empty string or None (GEMINI_API_KEY)")
+        if opts["bearer_token"] is not None and (
+            not isinstance(opts["bearer_token"], str) or not opts["bearer_token"]
+        ):
+            raise ConfigError("bearer_token must be a non-empty string or None")
+        headers = opts["headers"] or {}
+        if not isinstance(headers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            raise ConfigError("headers must be a mapping of header names to string values")
+        for name in ("max_buffer_ms", "max_history"):
+            value = opts[name]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"option {name}={value!r} is invalid; expected a positive int")
+        for name in ("go_away_margin_s", "resume_wait_s"):
+            value = opts[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"option {name}={value!r} is invalid; expected a number >= 0")
+        transport = TransportOptions(
+            max_buffer_bytes=opts["max_buffer_ms"] * _WIRE_BYTES_PER_MS,
+            reconnect_attempts=opts["reconnect_attempts"],
+            backoff_initial_s=opts["backoff_initial_s"],
+            backoff_max_s=opts["backoff_max_s"],
+            ping_interval_s=opts["ping_interval_s"],
+            ping_timeout_s=opts["ping_timeout_s"],
+            open_timeout_s=opts["open_timeout_s"],
+            handshake_timeout_s=opts["handshake_timeout_s"],
+        )
+        super().__init__(model=model, transport=transport)
+        self._api_key = api_key
+        ephemeral = (api_key or os.environ.get("GEMINI_API_KEY", "")).startswith(_EPHEMERAL_PREFIX)
+        self._base_url = url or (CONSTRAINED_URL if ephemeral else DEFAULT_URL)
+        _check_url(self._base_url)
+        self._auth: Literal["header", "query"] = opts["auth"]
+        self._bearer: str | None = opts["bearer_token"]
+        self._extra_headers: dict[str, str] = dict(headers)
+        self._go_away_margin_s = float(opts["go_away_margin_s"])
+        self._resume_wait_s = float(opts["resume_wait_s"])
+        self._translator = GeminiTranslator(model=model, max_history=opts["max_history"])
+        self._connect_config: RealtimeSessionConfig | None = None
+        self._resuming = False  # the connection being set up carries a resumption handle
+        self._import_handle = False  # connect() resumes an imported handle
+        self._go_away_timer: asyncio.TimerHandle | None = None
+        self._go_away_due = False
+        self._resumable: asyncio.Event = asyncio.Event()
+        self._update_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"GeminiLiveClient(model={self.model!r}, url={self._base_url.split('?', 1)[0]!r})"
+
+    @property
+    def config(self) -> RealtimeSessionConfig | None:
+        """The session config in effect (None before ``connect``)."""
+        return None if self._connect_config is None else self._translator.config
+
+    @property
+    def resumption_handle(self) -> str | None:
+        """The latest resumable session handle the server issued (None before the first)."""
+        return self._translator.handle
+
+    # ------------------------------------------------------------------ RealtimeAudioClient
+
+    async def connect(self, config: RealtimeSessionConfig | dict[str, Any]) -> None:
+        """Send ``setup`` and resolve on ``setupComplete``.
+
+        Raises ``ConfigError`` (no credentials, bad config), ``ProviderAuthError`` (refused
+        credentials), ``ConfigRejectedError`` (1007/1008: bad setup or unknown model, with the
+        close code and reason) or ``ProviderConnectionError`` (network, a retryable close);
+        nothing is retried here.
+        """
+        parsed = parse_config(config)
+        self._credentials()
+        self._translator.configure(parsed)
+        self._connect_config = parsed
+        await self._open_session()
+
+    def send_audio(self, frame: bytes) -> None:
+        """Queue one frame in the session's input format; returns at once.
+
+        Raises ``AudioFormatError`` (non-bytes, odd PCM16 byte count; nothing is queued) or
+        ``NotConnectedError`` (before ``connect`` or after the session ended). During a
+        connection switch the audio is held and delivered after the new ``setupComplete``.
+        """
+        self._require_open("send_audio")
+        translator = self._translator
+        pcm = translator.input_audio(frame)
+        if pcm:
+            for marker in translator.activity_start_frames():
+                self._send(marker)
+            self._push_audio(pcm)
+
+    def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
+        """Send ``toolResponse.functionResponses`` (``name`` filled from the pending call).
+
+        A result for a call the model cancelled is dropped and logged. During a connection
+        switch the results are held and delivered after ``setupComplete`` (or dropped, logged,
+        when the new session does not know the call; it was reported ``tool-call-cancelled``).
+        Raises ``UsageError`` for an unknown call id without a name.
+        """
+        self._require_open("send_tool_response")
+        if not isinstance(responses, list | tuple):
+            raise ConfigError(
+                "send_tool_response takes a list of RealtimeToolResponse, got "
+                f"{type(responses).__name__}"
+            )
+        parsed: list[RealtimeToolResponse] = []
+        for response in responses:
+            if isinstance(response, RealtimeToolResponse):
+                parsed.append(response)
+            elif isinstance(response, dict):
+                try:
+                    parsed.append(RealtimeToolResponse.model_validate(response))
+                except ValueError as exc:
+                    raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
+            else:
+                raise ConfigError(
+                    "tool response must be a RealtimeToolResponse or dict, got "
+                    f"{type(response).__name__}"
+                )
+        for frame in self._translator.tool_response_frames(parsed):
+            self._send(frame)
+
+    def _request_response(self, instruction: str | None) -> None:
+        """Prompt a model turn (see the class docstring for the wire form and why)."""
+        self._require_open("request_response")
+        if instruction is not None and not isinstance(instruction, str):
+            raise ConfigError(
+                f"instruction must be a string or None, got {type(instruction).__name__}"
+            )
+        for frame in self._translator.request_response_frames(instruction):
+            self._send(frame)
+
+    async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
+        """Apply a partial config by resuming on a new connection with a new ``setup``.
+
+        Fields the update does not name keep their values. Waits up to ``resume_wait_s`` for a
+        resumable point (the model done speaking, no tool call pending), switches connections
+        as for a goAway, and emits ``config-updated`` with the strategy used (``resumed``, or
+        ``replayed`` when no handle could be used). Raises ``ConfigError`` for an invalid update
+        and the provider error when the new setup is refused (the session then ends).
+        """
+        update = parse_update(config)
+        async with self._update_lock:
+            await self._wait_live(self._resume_wait_s + 10.0)
+            merged = self._translator.config.merged(update)
+            self._translator.configure(merged)
+            self._connect_config = merged
+            await self._wait_resumable(self._resume_wait_s)
+            await self._reconnect("config update")
+            strategy = self._reconnect_strategy()
+        self.emit("config-updated", ConfigUpdatedEvent(strategy=strategy))
+
+    # ------------------------------------------------------------------ takeover state
+
+    def export_state(self) -> dict[str, Any]:
+        """``{"handle": <latest resumable handle>}``: enough for another process to resume."""
+        handle = self._translator.handle
+        return {"handle": handle} if handle else {}
+
+    def import_state(self, state: dict[str, Any]) -> Literal["resumed", "replayed"] | None:
+        """Resume an exported session on ``connect`` when ``state`` carries a handle."""
+        handle = state.get("handle") if isinstance(state, dict) else None
+        if not isinstance(handle, str) or not handle:
+            return None
+        self._translator.restore_handle(handle)
+        self._import_handle = True
+        return "resumed"
+
+    # ------------------------------------------------------------------ transport hooks
+
+    def _endpoint(self) -> Endpoint:
+        credential, kind = self._credentials()
+        parts = urllib.parse.urlsplit(self._base_url)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        headers = dict(self._extra_headers)
+        if kind == "api_key" and credential is not None:
+            ephemeral = credential.startswith(_EPHEMERAL_PREFIX)
+            if self._auth == "query":
+                query.append(("access_token" if ephemeral else "key", credential))
+            elif ephemeral:
+                headers["Authorization"] = f"Token {credential}"
+            else:
+                headers["x-goog-api-key"] = credential
+        elif kind == "bearer" and credential is not None:
+            headers["Authorization"] = f"Bearer {credential}"
+        url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+        return Endpoint(url=url, headers=headers, display_url=self._base_url.split("?", 1)[0])
+
+    def _handshake_frames(self, *, reconnect: bool) -> list[Frame]:
+        frame = self._translator.setup_frame(resume=reconnect or self._import_handle)
+        # provider_options may remove sessionResumption: what counts is what the setup carries
+        resumption = frame["setup"].get("sessionResumption")
+        self._resuming = isinstance(resumption, dict) and bool(resumption.get("handle"))
+        return [frame]
+
+    def _handle_message(self, message: Frame) -> None:
+        self._apply(self._translator.receive_message(message))
+        if self._translator.at_resumable_point:
+            self._resumable.set()
+            if self._go_away_due:
+                self._switch("goAway")
+        else:
+            self._resumable.clear()
+
+    def _audio_message(self, chunk: bytes) -> Frame:
+        return self._translator.audio_frame(chunk)
+
+    def _classify_close(self, code: int | None, reason: str) -> ProviderError:
+        if code in (1007, 1008):
+            text = f"Gemini closed the connection (code {code}, reason {reason!r})"
+            if any(word in reason.lower() for word in _AUTH_WORDS):
+                return ProviderAuthError(text + "; check the API key or token", code=str(code))
+            if self._in_handshake and self._resuming:
+                # The new setup carried a handle the server would not take (expired, or from
+                # another model): forget it; the next attempt starts a seeded new session.
+                log.warning("Gemini refused the resumption handle (%s); replaying instead", text)
+                self._translator.drop_handle()
+                return ProviderConnectionError(text, code=str(code), recoverable=True)
+            return ConfigRejectedError(text, code=str(code))
+        return super()._classify_close(code, reason)
+
+    def _reset_connection_state(self) -> None:
+        self._cancel_go_away()
+        self._resumable.clear()
+        self._apply(self._translator.connection_lost())
+
+    def _filter_held(self, frames: list[Frame]) -> list[Frame]:
+        kept, outputs = self._translator.filter_held(frames)
+        self._apply(outputs)
+        return kept
+
+    def _after_handshake(self, *, reconnect: bool) -> None:
+        self._import_handle = False
+        if reconnect:
+            self._send_first(self._translator.restart_frames())
+
+    def _reconnect_strategy(self) -> Strategy:
+        return "resumed" if self._resuming else "replayed"
+
+    def _is_idle(self) -> bool:
+        return self._translator.at_resumable_point
+
+    def _on_closed(self) -> None:
+        self._cancel_go_away()
+        self._resumable.set()  # release update_config waiters; they see the closed state
+
+    # ------------------------------------------------------------------ internals
+
+    def _apply(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if isinstance(output, Emit):
+                self.emit(output.name, output.payload)
+            elif isinstance(output, SetupComplete):
+                if self._in_handshake and self.state is SessionState.RECONNECTING:
+                    self._apply(self._translator.session_restored(resumed=self._resuming))
+                self._handshake_done()
+            elif isinstance(output, GoAway):
+                self._on_go_away(output.time_left_s)
+
+    def _on_go_away(self, time_left_s: float) -> None:
+        """Plan the switch: now if resumable, else at the first resumable point or the deadline.
+
+        The deadline is a loop timer, so it fires even when no further message arrives.
+        """
+        if self.state is not SessionState.LIVE:
+            return
+        log.info("Gemini goAway: the connection ends in %.3g s; switching", time_left_s)
+        self._go_away_due = True
+        if self._translator.at_resumable_point:
+            self._switch("goAway")
+            return
+        if self._go_away_timer is None:
+            delay = max(0.0, time_left_s - min(self._go_away_margin_s, time_left_s / 2))
+            loop = asyncio.get_running_loop()
+            self._go_away_timer = loop.call_later(delay, self._switch, "goAway deadline")
+
+    def _switch(self, reason: str) -> None:
+        self._cancel_go_away()
+        self._start_reconnect(reason)
+
+    def _cancel_go_away(self) -> None:
+        self._go_away_due = False
+        if self._go_away_timer is not None:
+            self._go_away_timer.cancel()
+            self._go_away_timer = None
+
+    async def _wait_resumable(self, limit_s: float) -> None:
+        if self._translator.at_resumable_point:
+            return
+        try:
+            await asyncio.wait_for(self._resumable.wait(), limit_s)
+        except TimeoutError:
+            log.info("no resumable point within %.3g s; switching connections anyway", limit_s)
+
+    def _credentials(self) -> tuple[str | None, Literal["api_key", "bearer", "headers", "none"]]:
+        if self._bearer:
+            return self._bearer, "bearer"
+        key = self._api_key or os.environ.get("GEMINI_API_KEY")
+        if key:
+            return key, "api_key"
+        if any(name.lower() in ("authorization", "x-goog-api-key") for name in self._extra_headers):
+            return None, "headers"
+        host = urllib.parse.urlsplit(self._base_url).hostname or ""
+        if host in _LOOPBACK_HOSTS or host.startswith("127."):
+            return None, "none"
+        raise ConfigError(
+            "no Gemini credentials: pass api_key=... or set GEMINI_API_KEY, or give "
+            "bearer_token=... (Vertex AI); only a loopback simulator URL works without one"
+        )
+
+    def _require_open(self, what: str) -> None:
+        if self._connect_config is None or self.state in _ENDED:
+            raise NotConnectedError(
+                f"{what} needs a connected session; the session is {self.state.value}"
+            )
+
+
+_ENDED = frozenset({SessionState.IDLE, SessionState.CLOSING, SessionState.CLOSED})
+
+
+def _check_url(url: str) -> None:
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a string, got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"url {url.split('?', 1)[0]!r} is invalid; expected a ws:// or wss:// "
+            f"BidiGenerateContent endpoint such as {DEFAULT_URL!r}"
+        )

@@ -1,0 +1,147 @@
+"""GeminiSimulator on the wire, driven by a raw WebSocket: framing, validation, resumption."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from providers.simulator import SimScript
+from providers.simulator.gemini import GeminiSimulator
+
+from .conftest import MODEL, fast_script, limit, tone
+
+SETUP: dict[str, Any] = {"setup": {"model": f"models/{MODEL}", "sessionResumption": {}}}
+
+
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    raw = await ws.recv()
+    assert isinstance(raw, bytes), "the simulator sends binary frames, like the real service"
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+async def closed_with(ws: ClientConnection) -> tuple[int, str]:
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        while True:
+            await ws.recv()
+    assert info.value.rcvd is not None
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+@pytest.fixture
+async def sim() -> Any:
+    async with GeminiSimulator(fast_script(), validate=True) as sim:
+        yield sim
+        assert sim.validation_errors == [] and sim.internal_errors == []
+
+
+async def test_setup_complete_first_then_a_resumable_handle(sim: GeminiSimulator) -> None:
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(SETUP))
+        first = await recv_json(ws)
+        assert list(first) == ["setupComplete"] and first["setupComplete"]["sessionId"]
+        update = (await recv_json(ws))["sessionResumptionUpdate"]
+        assert update["resumable"] is True and update["newHandle"]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"realtimeInput": {"audioStreamEnd": True}},  # anything before setup
+        {"setup": {"model": MODEL}},  # not models/<id>
+        {"setup": {"model": f"models/{MODEL}", "generationConfig": {"responseModalites": []}}},
+        {"setup": {"model": f"models/{MODEL}"}, "clientContent": {}},  # two messages
+        {"setup": {"model": f"models/{MODEL}", "sessionResumption": {"handle": "unknown"}}},
+    ],
+)
+async def test_invalid_frames_close_1007(sim: GeminiSimulator, frame: dict[str, Any]) -> None:
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(frame))
+        assert await closed_with(ws) == (1007, "Request contains an invalid argument.")
+
+
+async def test_unknown_model_closes_1008(sim: GeminiSimulator) -> None:
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps({"setup": {"model": "models/gemini-missing"}}))
+        code, reason = await closed_with(ws)
+    assert code == 1008
+    assert reason.startswith("models/gemini-missing is not found for API version v1beta")
+
+
+async def test_snake_case_and_media_chunks_are_accepted(sim: GeminiSimulator) -> None:
+    audio = tone(400) + b"\x00\x00" * 8000
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+        await recv_json(ws)
+        chunk = {"data": base64.urlsafe_b64encode(audio).decode(), "mime_type": "audio/pcm"}
+        await ws.send(json.dumps({"realtime_input": {"media_chunks": [chunk]}}))
+        await sim.wait_for(lambda s: s.turns == 1, timeout=limit(5))
+    assert sim.audio_in == audio
+
+
+async def test_a_handle_resumes_the_conversation_on_a_new_socket(sim: GeminiSimulator) -> None:
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(SETUP))
+        await recv_json(ws)
+        await ws.send(json.dumps({"realtimeInput": {"text": "Remember the number 7."}}))
+        while "turnComplete" not in (await recv_json(ws)).get("serverContent", {}):
+            pass
+        update = (await recv_json(ws))["sessionResumptionUpdate"]  # right after the turn
+        assert update["resumable"] is True
+        handle = update["newHandle"]
+    async with websockets.connect(sim.url) as ws:
+        resume = {"setup": {"model": f"models/{MODEL}", "sessionResumption": {"handle": handle}}}
+        await ws.send(json.dumps(resume))
+        first = await recv_json(ws)
+        assert (
+            first["setupComplete"]["sessionId"]
+            == sim.connections[0].sent[0]["setupComplete"]["sessionId"]
+        )
+    texts = sim.connections[1].model.conversation.texts()
+    assert texts == ["Remember the number 7.", sim.script.reply_text]
+    assert sim.turns == 0  # no audio turns on either socket
+
+
+async def test_scripted_go_away_then_close(sim: GeminiSimulator) -> None:
+    sim.script.go_away_after_s = 0.05
+    sim.script.go_away_time_left_s = 0.2
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(SETUP))
+        messages = []
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                messages.append(await recv_json(ws))
+    assert {"goAway": {"timeLeft": "0.200s"}} in messages
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+
+
+async def test_wrong_key_closes_1008() -> None:
+    async with GeminiSimulator(SimScript(api_key="right"), validate=True) as sim:
+        async with websockets.connect(sim.url + "?key=wrong") as ws:
+            await ws.send(json.dumps(SETUP))
+            assert await closed_with(ws) == (
+                1008,
+                "API key not valid. Please pass a valid API key.",
+            )
+        async with websockets.connect(sim.url + "?key=right") as ws:
+            await ws.send(json.dumps(SETUP))
+            assert "setupComplete" in await recv_json(ws)
+
+
+async def test_record_false_keeps_audio_out() -> None:
+    async with GeminiSimulator(fast_script(), record=False) as sim:
+        async with websockets.connect(sim.url) as ws:
+            await ws.send(json.dumps(SETUP))
+            await recv_json(ws)
+            data = base64.b64encode(tone(400) + b"\x00\x00" * 8000).decode()
+            audio = {"audio": {"data": data, "mimeType": "audio/pcm;rate=16000"}}
+            await ws.send(json.dumps({"realtimeInput": audio}))
+            await sim.wait_for(lambda s: s.turns == 1, timeout=limit(5))
+        conn = sim.connections[0]
+        assert conn.audio_in == b"" and conn.audio_in_bytes == len(tone(400)) + 16000
+        assert all("realtimeInput" not in f for f in conn.received)

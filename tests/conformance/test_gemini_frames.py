@@ -1,0 +1,208 @@
+"""Every frame GeminiLiveClient sends validates against ``google.genai.types.LiveClientMessage``
+and every frame GeminiSimulator sends against ``LiveServerMessage`` (the recipe of
+``shared/reference/gemini-live.md`` §6), over scenarios that exercise every message kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from google.genai import types as T
+
+from protocol import (
+    AudioFormat,
+    RealtimeSessionConfig,
+    RealtimeToolResponse,
+    ToolDefinition,
+    TurnDetection,
+)
+from protocol.events import EVENT_NAMES
+from providers.gemini import GeminiLiveClient
+from providers.simulator import SimScript, ToolCallScript
+from providers.simulator.gemini import GeminiSimulator
+
+TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
+MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
+TOOL = ToolDefinition(
+    name="get_weather",
+    description="Weather for a city",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}},
+)
+
+
+def check_client_frame(raw: str | bytes) -> T.LiveClientMessage:
+    """The reference recipe (the SDK's setup model lacks realtimeInputConfig)."""
+    msg = json.loads(raw)
+    s = msg.get("setup") or {}
+    ric = s.pop("realtimeInputConfig", None) or s.pop("realtime_input_config", None)
+    if ric is not None:
+        T.RealtimeInputConfig.model_validate(ric)
+    if len(msg) != 1:
+        raise ValueError(f"one top-level key expected: {list(msg)}")
+    return T.LiveClientMessage.model_validate(msg)
+
+
+def check_server_frame(raw: str | bytes) -> T.LiveServerMessage:
+    return T.LiveServerMessage.model_validate_json(raw)
+
+
+class Events:
+    def __init__(self, client: GeminiLiveClient) -> None:
+        self.names: list[str] = []
+        self.changed = asyncio.Event()
+        for name in sorted(EVENT_NAMES):
+            client.on(name, self._record(name))  # type: ignore[arg-type]
+
+    def _record(self, name: str) -> Callable[[Any], None]:
+        def handle(_payload: Any) -> None:
+            self.names.append(name)
+            self.changed.set()
+
+        return handle
+
+    async def wait(self, name: str, count: int = 1, seconds: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds * TIME_SCALE
+        while self.names.count(name) < count:
+            remaining = deadline - loop.time()
+            assert remaining > 0, f"no {count}x {name!r} in time; events {self.names}"
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                continue
+
+
+def speech(rate: int = 16000) -> list[bytes]:
+    t = np.arange(rate * 400 // 1000) / rate
+    loud = (6000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
+    audio = loud + b"\x00\x00" * (rate // 2)
+    step = rate // 50 * 2
+    return [audio[i : i + step] for i in range(0, len(audio), step)]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[GeminiSimulator]:
+    script = SimScript(speed=25.0, tool_call=ToolCallScript(on_turn=1))
+    async with GeminiSimulator(script, validate=True) as sim:
+        yield sim
+
+
+async def run_scenarios(sim: GeminiSimulator) -> None:
+    """Drive one client through setup, audio, tools, cancellation, barge-in, text, goAway,
+    a resumed drop, a config update and a replayed drop; a second one in manual mode."""
+    config = RealtimeSessionConfig(
+        instructions="Be brief.",
+        voice="Puck",
+        language="en-US",
+        temperature=0.5,
+        max_output_tokens=400,
+        tools=[TOOL],
+        input_audio=AudioFormat(sample_rate=24000),
+        turn_detection=TurnDetection(silence_ms=300, prefix_padding_ms=100, threshold=0.7),
+    )
+    client = GeminiLiveClient(model=MODEL, url=sim.url, backoff_initial_s=0.05)
+    events = Events(client)
+    await client.connect(config)
+    for frame in speech(24000):
+        client.send_audio(frame)
+    await events.wait("tool-call")
+    call_id = sim.connections[0].sent[-1]["toolCall"]["functionCalls"][0]["id"]
+    client.send_tool_response([RealtimeToolResponse(call_id=call_id, output={"temp": 21})])
+    await events.wait("response-done")
+
+    sim.script.tool_call = ToolCallScript(on_turn=0)  # a call every turn, then a barge-in
+    for frame in speech(24000):
+        client.send_audio(frame)
+    await events.wait("tool-call", 2)
+    for frame in speech(24000):
+        client.send_audio(frame)
+    await events.wait("tool-call-cancelled")
+    sim.script.tool_call = None
+
+    sim.script.speed = 2.0
+    client.request_response("Tell me a story.")
+    await events.wait("audio")
+    for frame in speech(24000):
+        client.send_audio(frame)
+    await events.wait("interrupted")
+    sim.script.speed = 25.0
+    await events.wait("response-done", 4, seconds=10)
+
+    client.request_response(None)  # audioStreamEnd
+    await sim.go_away(time_left_s=1.0)
+    await events.wait("reconnected")
+    await sim.drop(1011)
+    await events.wait("reconnected", 2)
+    await client.update_config({"instructions": "Be briefer.", "output_transcription": False})
+    await events.wait("config-updated")
+    await client.update_config(
+        {"provider_options": {"setup": {"sessionResumption": None}}}
+    )  # from now on no handles: the next drop replays the conversation
+    await sim.drop(1011)
+    await events.wait("reconnected", 4)
+    await sim.wait_for(lambda s: any("clientContent" in f for f in s.connections[-1].received))
+    await client.disconnect()
+
+    manual = GeminiLiveClient(model=f"models/{MODEL}", url=sim.url)
+    events = Events(manual)
+    await manual.connect(RealtimeSessionConfig(turn_detection=TurnDetection(mode="manual")))
+    for frame in speech(24000):
+        manual.send_audio(frame)
+    manual.request_response("and the weather?")
+    await events.wait("response-done")
+    await manual.disconnect()
+
+
+async def test_every_client_and_server_frame_validates(sim: GeminiSimulator) -> None:
+    await run_scenarios(sim)
+    kinds: set[str] = set()
+    realtime: set[str] = set()
+    server: set[str] = set()
+    for conn in sim.connections:
+        for frame in conn.received:
+            check_client_frame(orjson.dumps(frame))
+            kinds.update(frame)
+            realtime.update(frame.get("realtimeInput", {}))
+        for frame in conn.sent:
+            check_server_frame(orjson.dumps(frame))
+            server.update(frame)
+            server.update(frame.get("serverContent", {}))
+    assert kinds == {"setup", "realtimeInput", "toolResponse", "clientContent"}
+    assert realtime == {"audio", "text", "audioStreamEnd", "activityStart", "activityEnd"}
+    assert {
+        "setupComplete",
+        "serverContent",
+        "toolCall",
+        "toolCallCancellation",
+        "goAway",
+        "sessionResumptionUpdate",
+        "usageMetadata",
+        "voiceActivity",
+        "modelTurn",
+        "inputTranscription",
+        "outputTranscription",
+        "generationComplete",
+        "interrupted",
+        "turnComplete",
+    } <= server
+    assert sim.validation_errors == [] and sim.internal_errors == []
+
+
+def test_recipe_catches_bad_frames() -> None:
+    """The oracle is strict enough to matter: typos, two messages, wrong types fail."""
+    with pytest.raises(ValueError):
+        check_client_frame(json.dumps({"setup": {"model": "m", "responseModalites": ["AUDIO"]}}))
+    with pytest.raises(ValueError):
+        check_client_frame(json.dumps({"setup": {"model": "m"}, "realtimeInput": {}}))
+    with pytest.raises(ValueError):
+        check_client_frame(json.dumps({"toolResponse": {"functionResponses": [{"response": 1}]}}))
+    with pytest.raises(ValueError):
+        check_server_frame(json.dumps({"serverContent": {"turnCompleted": True}}))

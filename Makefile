@@ -27,7 +27,7 @@ $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 	@touch $@ $(RUN_STAMP)
 
 demo: $(RUN_STAMP)
-	$(VENV)/bin/voicegrid demo $(ARGS)
+	$(VENV)/bin/voicegrid demo $(if $(PROVIDER),--provider $(PROVIDER),) $(ARGS)
 
 test: $(DEV_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

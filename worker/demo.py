@@ -118,7 +118,7 @@ def _synthetic_utterance(rate: int, seconds: float = 1.6) -> bytes:
 class CallTimeline:
     """Collects and prints the call's events with times relative to the call start."""
 
-    out: Any = sys.stdout
+    out: Any = None  # a text stream; None: sys.stdout at print time
     start: float = field(default_factory=time.monotonic)
     caller_stopped_at: float | None = None
     first_audio_at: float | None = None
@@ -137,7 +137,7 @@ class CallTimeline:
         return time.monotonic() - self.start
 
     def line(self, who: str, text: str) -> None:
-        print(f"  {self.now():7.3f}s  {who:<10} {text}", file=self.out, flush=True)
+        print(f"  {self.now():7.3f}s  {who:<10} {text}", file=self.out or sys.stdout, flush=True)
 
     @property
     def time_to_first_audio(self) -> float | None:
@@ -276,7 +276,7 @@ async def _reply_finished(timeline: CallTimeline) -> None:
 
 @contextlib.asynccontextmanager
 async def _provider_endpoint(
-    provider: str, live: bool
+    provider: str, live: bool, *, speed: float = 1.0
 ) -> AsyncIterator[tuple[str | None, str | None]]:
     """Yield (url, api_key): the real service for ``live``, else a local simulator."""
     if live:
@@ -293,6 +293,7 @@ async def _provider_endpoint(
         reply_text="It is eighteen degrees with light rain in Paris. Anything else?",
         user_transcript="What's the weather like in Paris?",
         tool_call=ToolCallScript(name="get_weather", arguments={"city": "Paris"}, on_turn=1),
+        speed=speed,
     )
     if provider == "openai":
         from providers.simulator import OpenAISimulator
@@ -373,7 +374,9 @@ async def _main(args: argparse.Namespace) -> int:
     audio = caller_audio(args.wav)
     mode = "live" if args.live else "simulated"
     print(f"voicegrid demo: {mode} {provider} call, model {model}")
-    async with _provider_endpoint(provider, args.live) as (url, key):
+    # --fast also lets the simulated model speak faster than real time
+    speed = 20.0 if args.fast else 1.0
+    async with _provider_endpoint(provider, args.live, speed=speed) as (url, key):
         if args.in_process:
             print(f"  runtime: in-process {provider} client")
             client = create_client(provider, model=model, api_key=key, url=url)

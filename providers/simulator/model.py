@@ -82,11 +82,16 @@ class ToolCallScript:
     declare is never called (a real model cannot call an undeclared function). ``on_turn`` is the
     1-based user turn that triggers the call (``0``: every turn). After the tool result arrives
     (plus ``response.create`` on OpenAI) the model speaks a reply containing the result text.
+
+    ``say_after`` (OpenAI front-end): speech the model adds in the same response after the call's
+    arguments are done, as real models do ("let me check that"). The response then outlives the
+    call, so a barge-in during that speech cancels a response whose call is still unanswered.
     """
 
     name: str | None = None
     arguments: dict[str, Any] = field(default_factory=lambda: {"city": "Paris"})
     on_turn: int = 1
+    say_after: str | None = None
 
     def __post_init__(self) -> None:
         if self.on_turn < 0:
@@ -549,6 +554,7 @@ class ToolCallDecision:
     arguments: dict[str, Any]
     arguments_json: str
     turn: int
+    say_after: SpeakDecision | None = None
 
 
 Decision = SpeakDecision | ToolCallDecision
@@ -679,6 +685,11 @@ class SimulatedModel:
                     arguments=arguments,
                     arguments_json=json.dumps(arguments, separators=(",", ":")),
                     turn=turn,
+                    say_after=(
+                        SpeakDecision(call.say_after, reply_audio_ms(call.say_after), turn)
+                        if call.say_after
+                        else None
+                    ),
                 )
         text = script.reply_text
         return SpeakDecision(text, reply_audio_ms(text, script.reply_audio_ms), turn)

@@ -717,6 +717,11 @@ class _OpenAISession(SessionHandler):
             )
             if isinstance(response.decision, ToolCallDecision):
                 await self._stream_tool_call(response, response.decision)
+                after = response.decision.say_after
+                if after is not None and response.cancel_reason is None:
+                    call_output = response.output
+                    await self._stream_message(response, after, output_index=1)
+                    response.output = call_output + response.output
             else:
                 await self._stream_message(response, response.decision)
             final = self._response_json(response, "completed")
@@ -813,7 +818,9 @@ class _OpenAISession(SessionHandler):
         response.output = [_copy(item)]
         response.output_text = text
 
-    async def _stream_message(self, response: _Response, say: SpeakDecision) -> None:
+    async def _stream_message(
+        self, response: _Response, say: SpeakDecision, *, output_index: int = 0
+    ) -> None:
         item_id = self.new_id("item")
         response.item_ids.add(item_id)
         audio = "audio" in response.modalities
@@ -825,13 +832,16 @@ class _OpenAISession(SessionHandler):
             "content": [],
             "object": "realtime.item",
         }
-        common = {"response_id": response.id, "item_id": item_id, "output_index": 0}
+        common = {"response_id": response.id, "item_id": item_id, "output_index": output_index}
         memory = ConversationItem(
             id=item_id, kind="message", role="assistant", audio=audio, status="in_progress"
         )
         previous = None
         await self.send(
-            "response.output_item.added", response_id=response.id, output_index=0, item=item
+            "response.output_item.added",
+            response_id=response.id,
+            output_index=output_index,
+            item=item,
         )
         if response.in_conversation:
             previous = self.model.conversation.add(memory)
@@ -891,7 +901,10 @@ class _OpenAISession(SessionHandler):
         await self.send("response.content_part.done", **common, content_index=0, part=part)
         item = {**item, "status": memory.status, "content": [content]}
         await self.send(
-            "response.output_item.done", response_id=response.id, output_index=0, item=item
+            "response.output_item.done",
+            response_id=response.id,
+            output_index=output_index,
+            item=item,
         )
         if response.in_conversation:
             await self.send("conversation.item.done", previous_item_id=previous, item=_copy(item))

@@ -13,7 +13,6 @@ from protocol import (
     TurnDetection,
 )
 from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
-from providers.simulator import openai as openai_sim
 
 WEATHER = ToolDefinition(
     name="get_weather",
@@ -230,27 +229,14 @@ async def test_manual_turns_commit_and_request(kit: Any) -> None:
     assert kit.server_errors(sim) == []
 
 
-class _CallSharesItsResponse(openai_sim._OpenAISession):
-    """The real service may keep a response open after a function call's arguments are done
-    (the call shares the response with more output, reference §4). The simulator closes such a
-    response at once, so a barge-in can never cancel an announced call there; this session keeps
-    the response open until it is cancelled or ``HOLD_S`` passes."""
-
-    HOLD_S = 10.0
-
-    async def _stream_tool_call(self, response: Any, call: Any) -> None:
-        await super()._stream_tool_call(response, call)
-        await self._pause(response, self.HOLD_S)
-
-
-class _CallSharesItsResponseSimulator(OpenAISimulator):
-    def new_session(self, conn: Any) -> Any:
-        return _CallSharesItsResponse(self, conn)
-
-
 async def test_interrupted_response_cancels_its_unanswered_tool_call(kit: Any) -> None:
-    script = SimScript(reply_text="Okay.", speed=0, tool_call=ToolCallScript(on_turn=1))
-    async with _CallSharesItsResponseSimulator(script) as sim:
+    # the call shares its response with speech that follows it (reference §4), so the caller's
+    # barge-in during that speech cancels a response whose call is still unanswered
+    say_after = "Let me look that up for you, it will only take a moment. " * 4
+    script = SimScript(
+        reply_text="Okay.", speed=1.0, tool_call=ToolCallScript(on_turn=1, say_after=say_after)
+    )
+    async with OpenAISimulator(script, validate=True) as sim:
         client, rec = await kit.session(sim, RealtimeSessionConfig(tools=[WEATHER]))
         await kit.say(client)
         await rec.wait_count("tool-call")
@@ -271,3 +257,4 @@ async def test_interrupted_response_cancels_its_unanswered_tool_call(kit: Any) -
     ]  # the late result was dropped
     assert len(kit.client_frames(sim, "response.create")) == 0  # the new turn answered itself
     assert kit.server_errors(sim) == []
+    assert sim.validation_errors == []

@@ -33,7 +33,8 @@ class LinearResampler:
         out = np.interp(idx, np.arange(len(x)), x)
         self.pos = (idx[-1] + self.step - (len(x) - 1)) if len(idx) else self.pos - len(samples)
         self.prev = x[-1:]
-        return np.clip(np.round(out), -32768, 32767).astype(np.int16)
+        result: np.ndarray = np.clip(np.round(out), -32768, 32767).astype(np.int16)
+        return result
 
 
 def _snr_db(samples: np.ndarray, freq: float, rate: int) -> float:

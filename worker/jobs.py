@@ -15,6 +15,8 @@ from redis.asyncio import ConnectionPool
 
 from protocol.keys import Keys
 
+from .resp import fast_packing
+
 __all__ = ["JOB_NAME", "enqueue_session", "open_redis"]
 
 #: The arq function name of a session job: ``run_session(session_id, epoch)``.
@@ -28,6 +30,8 @@ def open_redis(url: str, *, queue: str) -> ArqRedis:
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets reject the option
     pool = ConnectionPool.from_url(url, **options)
+    # same connection kind (TCP, TLS, unix socket), with linear-time command packing
+    pool.connection_class = fast_packing(pool.connection_class)
     return ArqRedis(
         pool,
         job_serializer=orjson.dumps,

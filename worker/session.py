@@ -36,6 +36,7 @@ from protocol import (
     ProviderConnectionError,
     ProviderError,
     RealtimeAudioClient,
+    RealtimeSessionConfig,
     ResponseDoneEvent,
     ToolCallEvent,
     TranscriptEvent,
@@ -90,6 +91,7 @@ __all__ = [
     "Phase",
     "SessionRunner",
     "StartKind",
+    "reconnect_reason",
 ]
 
 log = logging.getLogger("voicegrid.worker.session")
@@ -103,8 +105,24 @@ TAKEOVER_CONNECT_ATTEMPTS = 3
 #: Seconds for a graceful provider disconnect during close, hand-off or fencing.
 DISCONNECT_TIMEOUT_S = 5.0
 
+# labelled series of the per-frame metrics, resolved once: ``labels()`` on every frame costs a
+# lock and a lookup, about 1.4 µs per call (bench/README.md)
+_FRAMES_IN = FRAMES.labels("in")
+_FRAMES_OUT = FRAMES.labels("out")
+_AUDIO_SECONDS_IN = AUDIO_SECONDS.labels("in")
+_AUDIO_SECONDS_OUT = AUDIO_SECONDS.labels("out")
+
 StartKind = Literal["new", "takeover", "handoff"]
 EndReason = Literal["closed", "error", "handoff", "fenced"]
+
+
+def reconnect_reason(event: ConnectionEvent) -> str:
+    """The bounded metric label for a provider reconnect (its free-text reason never is one)."""
+    text = (event.reason or "").lower()
+    for needle, label in (("goaway", "goaway"), ("recycle", "recycle"), ("config", "config")):
+        if needle in text:
+            return label
+    return "drop"
 
 
 class Phase(enum.Enum):
@@ -206,23 +224,27 @@ class SessionRunner:
             api_key, url = settings.gemini_api_key or None, settings.gemini_url or None
         # credentials and endpoints are this worker's configuration, never the record's
         options = {k: v for k, v in self.record.options.items() if k not in ("api_key", "url")}
-        client = create_client(
-            self.provider, model=self.record.model, api_key=api_key, url=url, **options
-        )
-        self.client = client
-        for name in sorted(EVENT_NAMES):
-            client.on(name, self._handler(name))  # type: ignore[arg-type]
+
+        def new_client() -> RealtimeAudioClient:
+            client = create_client(
+                self.provider, model=self.record.model, api_key=api_key, url=url, **options
+            )
+            self.client = client
+            for name in sorted(EVENT_NAMES):
+                client.on(name, self._handler(name))  # type: ignore[arg-type]
+            return client
+
+        client = new_client()
         connect_config = self.config
         attempts = 1
         if self.kind != "new":
             attempts = TAKEOVER_CONNECT_ATTEMPTS
             self._emit("reconnecting", ConnectionEvent(reason=self.kind))
-            strategy = client.import_state(self.record.provider_state)
-            if strategy is None:
-                connect_config = replay_config(self.config, self.conversation)
-                strategy = "replayed"
-            self.strategy = strategy
         for attempt in range(1, attempts + 1):
+            if self.kind != "new":
+                if attempt > 1:
+                    client = new_client()  # a failed attempt leaves no state behind
+                connect_config = self._restore(client, last=attempt == attempts)
             try:
                 await asyncio.wait_for(client.connect(connect_config), CONNECT_TIMEOUT_S)
                 break
@@ -255,6 +277,23 @@ class SessionRunner:
         await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
         if self._handoff_requested:
             await self.hand_off()
+
+    def _restore(self, client: RealtimeAudioClient, *, last: bool) -> RealtimeSessionConfig:
+        """Prepare ``client`` to continue the session; return the config to connect with.
+
+        The provider client restores the session itself when it can (``import_state``), else
+        the conversation summary is replayed in the instructions. Provider-side resumption can
+        be refused on every attempt (an expired Gemini handle; Gemini refusing a resume while
+        the previous owner's socket is still open, e.g. a stopped process): the last attempt
+        then replays instead of ending the session.
+        """
+        strategy = None
+        if not (last and self.strategy == "resumed"):
+            strategy = client.import_state(self.record.provider_state)
+        self.strategy = strategy or "replayed"
+        if strategy is None:
+            return replay_config(self.config, self.conversation)
+        return self.config
 
     async def _fail(self, exc: BaseException) -> None:
         """The provider connection could not be made: report it and close the session."""
@@ -411,8 +450,8 @@ class SessionRunner:
                 ),
             )
             return
-        FRAMES.labels("in").inc()
-        AUDIO_SECONDS.labels("in").inc(len(entry.data) / self.config.input_audio.bytes_per_second)
+        _FRAMES_IN.inc()
+        _AUDIO_SECONDS_IN.inc(len(entry.data) / self.config.input_audio.bytes_per_second)
         INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
 
     def _command(self, entry_id: str, command: Command) -> None:
@@ -511,11 +550,9 @@ class SessionRunner:
     def _observe(self, name: str, payload: BaseModel) -> None:
         """Metrics and the conversation log, per event."""
         if isinstance(payload, AudioEvent):
-            FRAMES.labels("out").inc()
+            _FRAMES_OUT.inc()
             fmt = self.config.output_audio
-            AUDIO_SECONDS.labels("out").inc(
-                len(payload.data) / (payload.sample_rate * fmt.bytes_per_sample)
-            )
+            _AUDIO_SECONDS_OUT.inc(len(payload.data) / (payload.sample_rate * fmt.bytes_per_sample))
             if self._speech_stopped_at is not None:
                 FIRST_AUDIO_LATENCY.labels(self.provider).observe(
                     time.perf_counter() - self._speech_stopped_at
@@ -535,7 +572,7 @@ class SessionRunner:
                 self.provider, payload.code, "true" if payload.recoverable else "false"
             ).inc()
         elif name == "reconnecting" and isinstance(payload, ConnectionEvent):
-            RECONNECTS.labels(self.provider, payload.reason or "drop").inc()
+            RECONNECTS.labels(self.provider, reconnect_reason(payload)).inc()
         elif name == "reconnected" and isinstance(payload, ConnectionEvent):
             if self.phase is Phase.LIVE:  # the provider client's own reconnect
                 RESUMPTIONS.labels(self.provider, payload.strategy or "replayed").inc()
@@ -563,10 +600,14 @@ class SessionRunner:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def checkpoint(self, now: float) -> None:
-        """Periodic: save the trailing input cursor and the conversation when they changed."""
+        """Periodic: save the trailing input cursor, the conversation and the provider's
+        exported state when they changed."""
         if self.phase is not Phase.LIVE:
             return
         fields = self._checkpoint_fields(exact=False, now=now)
+        # a Gemini handle arrives just after the turn it covers ends: save it within a
+        # checkpoint interval, not a renewal, so a takeover resumes the latest turn
+        fields.update(self._save_provider_state(queue=False))
         if fields:
             self._record_updates.update(fields)
             self.runtime.writer.mark(self)

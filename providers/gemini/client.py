@@ -279,6 +279,8 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         self._translator.configure(parsed)
         self._connect_config = parsed
         await self._open_session()
+        # after `connected`: calls of an imported session that the resumed one cannot answer
+        self._apply(self._translator.lost_calls_cancelled())
 
     def send_audio(self, frame: bytes) -> None:
         """Queue one frame in the session's input format; returns at once.
@@ -359,16 +361,29 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     # ------------------------------------------------------------------ takeover state
 
     def export_state(self) -> dict[str, Any]:
-        """``{"handle": <latest resumable handle>}``: enough for another process to resume."""
+        """``{"handle": <latest resumable handle>}``: enough for another process to resume.
+
+        Tool calls pending but issued after the handle (the resumed session will not know
+        them) are listed too, as ``"lost_calls": [<call id>, ...]``.
+        """
         handle = self._translator.handle
-        return {"handle": handle} if handle else {}
+        if not handle:
+            return {}
+        lost = self._translator.calls_after_handle
+        return {"handle": handle, "lost_calls": lost} if lost else {"handle": handle}
 
     def import_state(self, state: dict[str, Any]) -> Literal["resumed", "replayed"] | None:
-        """Resume an exported session on ``connect`` when ``state`` carries a handle."""
+        """Resume an exported session on ``connect`` when ``state`` carries a handle.
+
+        The exported ``lost_calls`` are reported as ``tool-call-cancelled`` once ``connect``
+        resolved, and a late result for one of them is dropped and logged, not sent.
+        """
         handle = state.get("handle") if isinstance(state, dict) else None
         if not isinstance(handle, str) or not handle:
             return None
-        self._translator.restore_handle(handle)
+        lost = state.get("lost_calls")
+        lost_calls = [c for c in lost if isinstance(c, str)] if isinstance(lost, list) else []
+        self._translator.restore_handle(handle, lost_calls=lost_calls)
         self._import_handle = True
         return "resumed"
 

@@ -19,7 +19,8 @@ All per-session protocol state lives here, in one place:
   (``toolCallCancellation`` or lost in a reconnect) so a late result is dropped and logged;
 - session resumption: the latest *resumable* handle (a non-resumable update never erases it), and
   which calls were issued after it (a resumed session does not know them, so they are reported
-  cancelled and their held results dropped);
+  cancelled and their held results dropped; also when another process resumes the session with
+  an exported handle, see :meth:`GeminiTranslator.restore_handle`);
 - manual turn detection: whether an activity is open in the outgoing stream, so a new connection
   re-opens it before the held audio that belongs to it;
 - the conversation so far as text, to seed a new session when no handle can be used;
@@ -216,6 +217,7 @@ class GeminiTranslator:
         self._handle: str | None = None
         self._last_update_resumable = False
         self._calls_after_handle: set[str] = set()
+        self._lost_on_import: list[str] = []  # another process's calls a resume cannot answer
         # tool calls
         self._pending: dict[str, str] = {}
         self._cancelled: set[str] = set()
@@ -269,10 +271,32 @@ class GeminiTranslator:
         """The latest resumable session handle, or None before the server issued one."""
         return self._handle
 
-    def restore_handle(self, handle: str) -> None:
-        """Use a handle exported by another process; the next ``setup_frame`` resumes it."""
+    @property
+    def calls_after_handle(self) -> list[str]:
+        """Pending tool calls the session behind :attr:`handle` does not know (issued after it):
+        a session resumed with the handle never takes their results."""
+        return [call_id for call_id in self._pending if call_id in self._calls_after_handle]
+
+    def restore_handle(self, handle: str, *, lost_calls: Iterable[str] = ()) -> None:
+        """Use a handle exported by another process; the next ``setup_frame`` resumes it.
+
+        ``lost_calls`` are the exporter's :attr:`calls_after_handle`: they count as cancelled
+        (a later result for one is dropped and logged) and :meth:`lost_calls_cancelled`
+        reports them once.
+        """
         self._handle = handle
         self._last_update_resumable = False
+        lost = [call_id for call_id in lost_calls if call_id not in self._cancelled]
+        self._cancelled.update(lost)
+        self._lost_on_import = lost
+
+    def lost_calls_cancelled(self) -> list[Output]:
+        """``tool-call-cancelled`` for the calls :meth:`restore_handle` was told were lost
+        (once; nothing when there were none)."""
+        lost, self._lost_on_import = self._lost_on_import, []
+        if not lost:
+            return []
+        return [Emit("tool-call-cancelled", ToolCallCancelledEvent(call_ids=lost))]
 
     def drop_handle(self) -> None:
         """Forget the handle (the server rejected it); the next setup starts a new session."""
@@ -676,6 +700,9 @@ class GeminiTranslator:
             if not isinstance(args, dict):
                 raise _Malformed(f"function call {name!r} args must be an object, got {args!r}")
             self._pending[call_id] = name
+            # a call the server issues is wanted, even if an earlier one with its id was
+            # cancelled (e.g. one lost in a resume from an older handle, issued again)
+            self._cancelled.discard(call_id)
             self._calls_after_handle.add(call_id)
             self._remember("model", f"[called {name}({orjson.dumps(args).decode()})]")
             out.append(Emit("tool-call", ToolCallEvent(call_id=call_id, name=name, arguments=args)))

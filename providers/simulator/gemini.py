@@ -225,6 +225,7 @@ class _GeminiSession(SessionHandler):
 
     def __init__(self, simulator: GeminiSimulator, conn: SimConnection) -> None:
         super().__init__(simulator, conn)
+        conn.model.id_factory = simulator.new_id
         self.script: SimScript = simulator.script
         self.setup: dict[str, Any] | None = None
         self.session: _Session | None = None
@@ -758,6 +759,8 @@ class GeminiSimulator(BaseSimulator):
         super().__init__(script, host=host, port=port, record=record, validate=validate)
         self.setup_delay_s = setup_delay_s
         self._handles: dict[str, tuple[_Session, SimulatedModel]] = {}
+        self._id_prefix = secrets.token_hex(3)
+        self._id_counter = 0
 
     # ---- front-end hooks --------------------------------------------------------------------
 
@@ -790,6 +793,12 @@ class GeminiSimulator(BaseSimulator):
         )
 
     # ---- sessions and handles ---------------------------------------------------------------
+
+    def new_id(self, prefix: str) -> str:
+        """A call or item id unique in this simulator: a session resumed from an older handle
+        never reissues an id its previous connection already used, as with the real service."""
+        self._id_counter += 1
+        return f"{prefix}-{self._id_prefix}{self._id_counter:06d}"
 
     def key_problem(self, conn: SimConnection) -> str | None:
         """The close reason for a wrong key (``script.api_key`` set), else None."""
@@ -840,8 +849,10 @@ class GeminiSimulator(BaseSimulator):
 
 
 def _snapshot(model: SimulatedModel, *, reset_turns: bool) -> SimulatedModel:
-    """A deep copy of ``model`` sharing the live script; ``turns`` restarts for a new socket."""
-    copied = copy.deepcopy(model, memo={id(model.script): model.script})
+    """A deep copy of ``model`` sharing the live script and the id factory; ``turns`` restarts
+    for a new socket."""
+    shared = (model.script, model.id_factory)  # the live script and the simulator's ids
+    copied = copy.deepcopy(model, memo={id(item): item for item in shared})
     if reset_turns:
         copied.turns = 0
     return copied

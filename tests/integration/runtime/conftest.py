@@ -1,5 +1,5 @@
 """Integration fixtures: real Redis (``REDIS_URL``), real ``voicegrid worker`` processes, and the
-OpenAI simulator started in the test process.
+provider simulators started in the test process; plus the helpers the failover tests share.
 
 Every test gets its own key namespace (``VOICEGRID_NAMESPACE``), removed afterwards with the arq
 keys of its jobs, so runs can share the machine's Redis.
@@ -25,10 +25,13 @@ import pytest
 from redis.asyncio import Redis
 
 from ingress import RedisRealtimeClient
+from protocol.keys import Keys
+from providers.simulator.base import BaseSimulator
 
 #: Scales every wait in these tests.
 TIME_SCALE = 1.0
 FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16
+GEMINI_FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16 (Gemini's native rate: forwarded byte for byte)
 MAGIC = 77  # small: a silent frame must stay below the VAD threshold
 
 
@@ -162,12 +165,12 @@ def workers(namespace: str, redis_url: str, tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def make_client(namespace: str, redis_url: str) -> Callable[[], RedisRealtimeClient]:
-    def make() -> RedisRealtimeClient:
+def make_client(namespace: str, redis_url: str) -> Callable[..., RedisRealtimeClient]:
+    def make(provider: str = "openai", model: str = "gpt-realtime") -> RedisRealtimeClient:
         return RedisRealtimeClient(
             redis_url,
-            provider="openai",
-            model="gpt-realtime",
+            provider=provider,
+            model=model,
             namespace=namespace,
             connect_timeout_s=20 * TIME_SCALE,
         )
@@ -175,20 +178,21 @@ def make_client(namespace: str, redis_url: str) -> Callable[[], RedisRealtimeCli
     return make
 
 
-def caller_frame(seq: int, *, speech: bool) -> bytes:
+def caller_frame(seq: int, *, speech: bool, frame_bytes: int = FRAME_BYTES) -> bytes:
     """A 20 ms frame that carries its sequence number (sample 1) after a marker (sample 0)."""
+    samples = frame_bytes // 2 - 2
     body = (
-        b"".join(struct.pack("<h", 6000 if (i // 12) % 2 else -6000) for i in range(478))
+        b"".join(struct.pack("<h", 6000 if (i // 12) % 2 else -6000) for i in range(samples))
         if speech
-        else b"\x00\x00" * 478
+        else b"\x00\x00" * samples
     )
     return struct.pack("<hh", MAGIC, seq) + body
 
 
-def frames_seen(audio: bytes) -> list[int]:
+def frames_seen(audio: bytes, frame_bytes: int = FRAME_BYTES) -> list[int]:
     """The sequence numbers of the caller frames in ``audio`` (one provider connection's input)."""
     seqs = []
-    for offset in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
+    for offset in range(0, len(audio) - frame_bytes + 1, frame_bytes):
         marker, seq = struct.unpack_from("<hh", audio, offset)
         if marker == MAGIC:
             seqs.append(seq)
@@ -198,8 +202,9 @@ def frames_seen(audio: bytes) -> list[int]:
 class Caller:
     """Plays caller audio in real time: 1 s of speech, 0.6 s of silence, repeated."""
 
-    def __init__(self, client: RedisRealtimeClient) -> None:
+    def __init__(self, client: RedisRealtimeClient, frame_bytes: int = FRAME_BYTES) -> None:
         self.client = client
+        self.frame_bytes = frame_bytes
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -210,7 +215,9 @@ class Caller:
         start = time.monotonic()
         while True:
             speech = self.sent % 80 < 50
-            self.client.send_audio(caller_frame(self.sent, speech=speech))
+            self.client.send_audio(
+                caller_frame(self.sent, speech=speech, frame_bytes=self.frame_bytes)
+            )
             self.sent += 1
             await asyncio.sleep(max(0.0, start + self.sent * 0.02 - time.monotonic()))
 
@@ -222,10 +229,74 @@ class Caller:
 
 
 @pytest.fixture
-def caller() -> Callable[[RedisRealtimeClient], Caller]:
+def caller() -> Callable[..., Caller]:
     return Caller
 
 
 @pytest.fixture
-def frames() -> Callable[[bytes], list[int]]:
+def frames() -> Callable[..., list[int]]:
     return frames_seen
+
+
+class Timeline:
+    """Events of a client with their arrival times."""
+
+    def __init__(self, client: Any) -> None:
+        self.events: list[tuple[float, str, Any]] = []
+        self._changed = asyncio.Event()
+        for name in ("audio", "reconnecting", "reconnected", "closed", "error"):
+            client.on(name, self._handler(name))
+
+    def _handler(self, name: str) -> Any:
+        def handle(payload: Any) -> None:
+            self.events.append((time.monotonic(), name, payload))
+            self._changed.set()
+
+        return handle
+
+    def first(self, name: str, after: float = 0.0) -> tuple[float, Any] | None:
+        for at, event, payload in self.events:
+            if event == name and at >= after:
+                return at, payload
+        return None
+
+    async def wait(
+        self, name: str, *, after: float = 0.0, within: float = 10.0
+    ) -> tuple[float, Any]:
+        async with asyncio.timeout(within):
+            while (found := self.first(name, after)) is None:
+                self._changed.clear()
+                await self._changed.wait()
+        return found
+
+
+async def owner_of(redis_url: str, namespace: str, session_id: str) -> str:
+    redis = Redis.from_url(redis_url)
+    try:
+        owner = await redis.hget(Keys(namespace).session(session_id).state, "owner")
+    finally:
+        await redis.aclose()
+    return owner.decode() if owner else ""
+
+
+async def start_pair(workers: Any, sim: BaseSimulator, **env: str) -> list[Any]:
+    """Two ready workers talking to ``sim`` (``env``: e.g. ``VOICEGRID_GEMINI_URL``)."""
+    pair = [workers("a", sim.url, **env), workers("b", sim.url, **env)]
+    await asyncio.gather(*(w.wait_ready() for w in pair))
+    return pair
+
+
+async def check_every_frame_arrived(sim: BaseSimulator, sent: int, frames: Any) -> list[int]:
+    """Wait until frames ``0..sent-1`` reached the simulator; every arrival, in order."""
+
+    def arrived(s: BaseSimulator) -> bool:
+        seen = set()
+        for conn in s.connections:
+            seen.update(frames(conn.audio_in))
+        return seen >= set(range(sent))
+
+    await sim.wait_for(arrived, timeout=10)
+    seqs: list[int] = []
+    for conn in sim.connections:
+        seqs += frames(conn.audio_in)
+    return seqs

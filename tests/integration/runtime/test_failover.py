@@ -19,6 +19,8 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from protocol.keys import Keys
 from providers.simulator import OpenAISimulator, SimScript
 
+from .conftest import Timeline, check_every_frame_arrived, owner_of, start_pair
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 CONFIG = RealtimeSessionConfig(
@@ -27,53 +29,6 @@ CONFIG = RealtimeSessionConfig(
     output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
 )
 SCRIPT = SimScript(reply_text="Sure, I can help with that.", speed=4.0)
-
-
-class Timeline:
-    """Events of a client with their arrival times."""
-
-    def __init__(self, client: Any) -> None:
-        self.events: list[tuple[float, str, Any]] = []
-        self._changed = asyncio.Event()
-        for name in ("audio", "reconnecting", "reconnected", "closed", "error"):
-            client.on(name, self._handler(name))
-
-    def _handler(self, name: str) -> Any:
-        def handle(payload: Any) -> None:
-            self.events.append((time.monotonic(), name, payload))
-            self._changed.set()
-
-        return handle
-
-    def first(self, name: str, after: float = 0.0) -> tuple[float, Any] | None:
-        for at, event, payload in self.events:
-            if event == name and at >= after:
-                return at, payload
-        return None
-
-    async def wait(
-        self, name: str, *, after: float = 0.0, within: float = 10.0
-    ) -> tuple[float, Any]:
-        async with asyncio.timeout(within):
-            while (found := self.first(name, after)) is None:
-                self._changed.clear()
-                await self._changed.wait()
-        return found
-
-
-async def owner_of(redis_url: str, namespace: str, session_id: str) -> str:
-    redis = Redis.from_url(redis_url)
-    try:
-        owner = await redis.hget(Keys(namespace).session(session_id).state, "owner")
-    finally:
-        await redis.aclose()
-    return owner.decode() if owner else ""
-
-
-async def start_pair(workers: Any, sim: OpenAISimulator) -> list[Any]:
-    pair = [workers("a", sim.url), workers("b", sim.url)]
-    await asyncio.gather(*(w.wait_ready() for w in pair))
-    return pair
 
 
 async def check_metrics_with_promtool(worker: Any) -> None:
@@ -93,20 +48,6 @@ async def check_metrics_with_promtool(worker: Any) -> None:
     )
     out, _ = await proc.communicate(body.encode())
     assert proc.returncode == 0, out.decode()
-
-
-async def check_every_frame_arrived(sim: OpenAISimulator, sent: int, frames: Any) -> list[int]:
-    def arrived(s: OpenAISimulator) -> bool:
-        seen = set()
-        for conn in s.connections:
-            seen.update(frames(conn.audio_in))
-        return seen >= set(range(sent))
-
-    await sim.wait_for(arrived, timeout=10)
-    seqs: list[int] = []
-    for conn in sim.connections:
-        seqs += frames(conn.audio_in)
-    return seqs
 
 
 async def test_sigkill_of_the_owner_mid_call_is_taken_over_without_losing_audio(

@@ -141,3 +141,6 @@ def test_export_and_import_state() -> None:
     frames = client._handshake_frames(reconnect=False)
     assert frames[0]["setup"]["sessionResumption"] == {"handle": "h-1"}
     assert client._reconnect_strategy() == "resumed"
+    other = GeminiLiveClient(model="m", api_key="k")
+    assert other.import_state({"handle": "h-1", "lost_calls": ["c1", 7]}) == "resumed"
+    assert other._translator.lost_calls_cancelled()[0].payload.call_ids == ["c1"]

@@ -885,6 +885,31 @@ def test_restore_handle_resumes_an_exported_session(tr: GeminiTranslator) -> Non
     assert not tr.at_resumable_point
 
 
+def test_calls_after_the_handle_are_exported_and_cancelled_on_import(
+    tr: GeminiTranslator,
+) -> None:
+    tr.receive(wire({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}}))
+    tr.receive(wire({"toolCall": {"functionCalls": [{"id": "a", "name": "f"}]}}))
+    assert tr.calls_after_handle == ["a"]
+    tr.tool_response_frames([RealtimeToolResponse(call_id="a", output=1)])
+    assert tr.calls_after_handle == []  # answered: nothing left to lose
+
+    other = GeminiTranslator(model="m", config=native_config())
+    other.restore_handle("h1", lost_calls=["b"])
+    out = other.lost_calls_cancelled()
+    assert names(out) == ["tool-call-cancelled"] and out[0].payload.call_ids == ["b"]
+    assert other.lost_calls_cancelled() == []  # reported once
+    assert other.tool_response_frames([RealtimeToolResponse(call_id="b", output=1)]) == []
+
+
+def test_a_call_issued_again_after_a_cancellation_is_wanted(tr: GeminiTranslator) -> None:
+    tr.receive(wire({"toolCall": {"functionCalls": [{"id": "a", "name": "f"}]}}))
+    tr.receive(wire({"toolCallCancellation": {"ids": ["a"]}}))
+    tr.receive(wire({"toolCall": {"functionCalls": [{"id": "a", "name": "f"}]}}))
+    frames = tr.tool_response_frames([RealtimeToolResponse(call_id="a", output=1)])
+    assert [r["id"] for r in frames[0]["toolResponse"]["functionResponses"]] == ["a"]
+
+
 def test_history_is_bounded() -> None:
     tr = GeminiTranslator(model="m", config=native_config(), max_history=3)
     for i in range(10):

@@ -130,11 +130,13 @@ class IngressHub:
         self._users -= 1
         if self._users > 0:
             return
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        # forget the hub before awaiting: a client created meanwhile must get a fresh hub, not
+        # this one whose tasks are being cancelled (it would never read or write)
         _HUBS.pop(_hub_key(self), None)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_redis:
             with contextlib.suppress(Exception):
                 await self.redis.aclose(close_connection_pool=True)
@@ -354,6 +356,12 @@ class RedisRealtimeClient(RealtimeAudioClient):
         """The output entry id of the last event delivered (for ``attach(after=...)``)."""
         return self._last_event_id
 
+    @property
+    def config(self) -> RealtimeSessionConfig | None:
+        """The session config as this client knows it: set by ``connect`` or ``attach``, changed
+        by a successful ``update_config``; ``None`` before."""
+        return self._config
+
     # --- connect, attach, disconnect ---------------------------------------------------------
 
     async def connect(self, config: RealtimeSessionConfig | dict[str, Any]) -> None:
@@ -487,6 +495,26 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._lifecycle.to(SessionState.CLOSING)
         with contextlib.suppress(SessionTimeout, VoicegridError):
             await self._request(DisconnectCommand())
+        await self._finish()
+
+    async def detach(self, *, flush_timeout_s: float = 2.0) -> None:
+        """Stop following the session without ending it; idempotent; emits no event.
+
+        The session goes on on its worker, and any client (in this or another process) continues
+        it with ``attach(session_id, after=last_event_id)``. Audio and commands queued but not yet
+        written to Redis are flushed first, waiting at most ``flush_timeout_s``.
+        """
+        if self.state in (SessionState.IDLE, SessionState.CLOSED):
+            return
+        if self._pending and self._hub is not None:
+            fields, future = self._pending[-1]
+            if future is None:
+                future = asyncio.get_running_loop().create_future()
+                # nobody else awaits this one: retrieve its outcome so none is reported as lost
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                self._pending[-1] = (fields, future)
+            with contextlib.suppress(TimeoutError, *_REDIS_ERRORS, ResponseError):
+                await asyncio.wait_for(asyncio.shield(future), flush_timeout_s)
         await self._finish()
 
     async def _finish(self) -> None:

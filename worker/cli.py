@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("providers.simulator.cli:run", "serve a provider simulator on a local port"),
     "bench": ("worker.cli:run_bench", "run the benchmarks (from a source checkout)"),
     "worker": ("worker.main:run", "run a session worker (configuration from the environment)"),
+    "gateway": ("ingress.gateway:run", "serve the caller WebSocket gateway (docs/gateway.md)"),
 }
 
 
@@ -45,7 +46,11 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="bench/results.json", help="where to write the JSON results")
+    p.add_argument(
+        "bench_args",
+        nargs=argparse.REMAINDER,
+        help="passed to the benchmarks: --out, --sessions, --seconds, --quick",
+    )
 
 
 def _add_worker(p: argparse.ArgumentParser) -> None:
@@ -53,11 +58,23 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.epilog = "configured by environment variables: see worker.settings.ENVIRONMENT"
 
 
+def _add_gateway(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default 0.0.0.0)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="WebSocket port (default: VOICEGRID_GATEWAY_PORT, 8080)",
+    )
+    p.epilog = "other settings come from the environment: see worker.settings.ENVIRONMENT"
+
+
 _ADDERS = {
     "demo": _add_demo,
     "simulate": _add_simulate,
     "bench": _add_bench,
     "worker": _add_worker,
+    "gateway": _add_gateway,
 }
 
 
@@ -68,7 +85,7 @@ def run_bench(args: argparse.Namespace) -> int:
     except ModuleNotFoundError:
         print("voicegrid bench: run it from a source checkout (make bench)", file=sys.stderr)
         return 2
-    return int(bench_main(["--out", args.out]))
+    return int(bench_main(list(args.bench_args)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,25 +16,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sized
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .metrics import REGISTRY
 
 if TYPE_CHECKING:
-    from .runtime import WorkerRuntime
+    from .io import RedisHealth
 
-__all__ = ["LOOP_STALL_S", "HealthServer"]
+__all__ = ["LOOP_STALL_S", "HealthServer", "Probed"]
 
 #: The event loop counts as unresponsive when the heartbeat is older than this.
 LOOP_STALL_S = 5.0
 
 
-class HealthServer:
-    """Serves the three routes for one worker runtime."""
+class _Capacity(Protocol):
+    @property
+    def max_sessions(self) -> int: ...
 
-    def __init__(self, runtime: WorkerRuntime, *, port: int, host: str = "0.0.0.0") -> None:
+
+class Probed(Protocol):
+    """What the routes read: a worker's ``WorkerRuntime``, or the gateway's view of itself
+    (``sessions`` are then its caller connections, ``settings.max_sessions`` their limit)."""
+
+    @property
+    def loop_tick(self) -> float: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def health(self) -> RedisHealth: ...
+
+    @property
+    def sessions(self) -> Sized: ...
+
+    @property
+    def settings(self) -> _Capacity: ...
+
+
+class HealthServer:
+    """Serves the three routes for one worker runtime (or gateway)."""
+
+    def __init__(self, runtime: Probed, *, port: int, host: str = "0.0.0.0") -> None:
         self.runtime = runtime
         self.host = host
         self.port = port

@@ -17,6 +17,9 @@ __all__ = [
     "FIRST_AUDIO_LATENCY",
     "FIRST_AUDIO_SLO_S",
     "FRAMES",
+    "GATEWAY_CONNECTIONS",
+    "GATEWAY_FRAMES",
+    "GATEWAY_REJECTED",
     "HANDOFFS",
     "INGRESS_TO_PROVIDER_LATENCY",
     "LATENCY_SLO_S",
@@ -157,6 +160,26 @@ REDIS_COMMAND_LATENCY = Histogram(
     "Round trip of the worker's Redis operations, by operation (read, write, lease, ...).",
     ["operation"],
     buckets=_REDIS_BUCKETS,
+    registry=REGISTRY,
+)
+
+GATEWAY_CONNECTIONS = Gauge(
+    "voicegrid_gateway_connections",
+    "Caller WebSockets open on this gateway.",
+    registry=REGISTRY,
+)
+GATEWAY_FRAMES = Counter(
+    "voicegrid_gateway_frames",
+    "Audio frames the gateway relayed; direction=in (caller -> session) or out (to the caller).",
+    ["direction"],
+    registry=REGISTRY,
+)
+GATEWAY_REJECTED = Counter(
+    "voicegrid_gateway_rejected",
+    "Caller connections and messages the gateway refused, by reason (unauthorized, bad_request, "
+    "not_found, full, draining, invalid_message, invalid_audio, too_many_requests, "
+    "start_timeout, slow_consumer).",
+    ["reason"],
     registry=REGISTRY,
 )
 

@@ -19,6 +19,8 @@ from protocol.keys import validate_namespace
 __all__ = [
     "DRAIN_TIMEOUT_S",
     "ENVIRONMENT",
+    "GATEWAY_MAX_CONNECTIONS",
+    "GATEWAY_PORT",
     "LEASE_RENEW_S",
     "LEASE_TTL_S",
     "METRICS_PORT",
@@ -34,6 +36,11 @@ LEASE_RENEW_S = 1.0
 DRAIN_TIMEOUT_S = 20.0
 #: Default port of ``/metrics``, ``/healthz`` and ``/readyz``.
 METRICS_PORT = 9464
+#: Default port of the gateway's caller WebSocket (``voicegrid gateway``).
+GATEWAY_PORT = 8080
+#: Default number of caller WebSockets one gateway serves at most: a gateway relays a session for
+#: about 5.3 ms of CPU per second (measured, docs/gateway.md), so 120 keep its core below 70 %.
+GATEWAY_MAX_CONNECTIONS = 120
 
 #: name -> (default, meaning). Secrets have default "" and are marked secret in the meaning.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
@@ -61,6 +68,19 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
         "voicegrid",
         "prefix of every Redis key and of the arq queue, so deployments and test runs can "
         "share one Redis (ingress and workers of one deployment must agree)",
+    ),
+    "VOICEGRID_GATEWAY_PORT": (
+        str(GATEWAY_PORT),
+        "gateway: port of the caller WebSocket (/v1/sessions)",
+    ),
+    "VOICEGRID_GATEWAY_TOKEN": (
+        "",
+        "secret: gateway: bearer token callers must send (Authorization: Bearer <token>); "
+        "empty: no authentication",
+    ),
+    "VOICEGRID_GATEWAY_MAX_CONNECTIONS": (
+        str(GATEWAY_MAX_CONNECTIONS),
+        "gateway: caller WebSockets one gateway serves at most (then /readyz reports full)",
     ),
 }
 
@@ -116,6 +136,9 @@ class WorkerSettings:
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     worker_id: str = ""
     namespace: str = "voicegrid"
+    gateway_port: int = GATEWAY_PORT
+    gateway_token: str = dataclasses.field(default="", repr=False)
+    gateway_max_connections: int = GATEWAY_MAX_CONNECTIONS
 
     @property
     def redis_url_redacted(self) -> str:
@@ -161,4 +184,7 @@ class WorkerSettings:
             drain_timeout_s=_float(env, "VOICEGRID_DRAIN_TIMEOUT_S", 0.0, 3600.0),
             worker_id=env.get("VOICEGRID_WORKER_ID", ""),
             namespace=validate_namespace(env.get("VOICEGRID_NAMESPACE", "voicegrid")),
+            gateway_port=_int(env, "VOICEGRID_GATEWAY_PORT", 0, 65535),
+            gateway_token=env.get("VOICEGRID_GATEWAY_TOKEN", ""),
+            gateway_max_connections=_int(env, "VOICEGRID_GATEWAY_MAX_CONNECTIONS", 1, 1_000_000),
         )

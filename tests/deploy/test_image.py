@@ -216,10 +216,11 @@ def test_console_script_runs_in_the_venv() -> None:
     assert result.stdout.startswith("usage: voicegrid")
 
 
-def test_worker_role_command_runs() -> None:
-    # The image's default command; the gateway role is not checked here (not implemented yet).
+@pytest.mark.parametrize("role", ["worker", "gateway"])
+def test_role_commands_run(role: str) -> None:
+    """Both Deployments run the one image's entrypoint with their role as the argument."""
     result = subprocess.run(
-        [str(VOICEGRID), "worker", "--help"], capture_output=True, text=True, timeout=60
+        [str(VOICEGRID), role, "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
 

@@ -7,78 +7,26 @@ events and simulator conditions with those limits, never on blind sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 from protocol import RealtimeSessionConfig
-from protocol.events import EVENT_NAMES
 from providers.openai import OpenAIRealtimeClient
 from providers.simulator import OpenAISimulator
 
-TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
-
-
-def limit(seconds: float) -> float:
-    """A time limit scaled by ``VOICEGRID_TEST_TIME_SCALE``."""
-    return seconds * TIME_SCALE
-
-
-class Recorder:
-    """Every event a client emits, in order, with waiting helpers."""
-
-    def __init__(self, client: OpenAIRealtimeClient) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-        for name in sorted(EVENT_NAMES):
-            client.on(name, self._handler(name))  # type: ignore[arg-type]
-
-    def _handler(self, name: str) -> Callable[[Any], None]:
-        def handle(payload: Any) -> None:
-            self.events.append((name, payload))
-            self._changed.set()
-
-        return handle
-
-    def of(self, name: str) -> list[Any]:
-        return [payload for n, payload in self.events if n == name]
-
-    def names(self, *, audio: bool = False) -> list[str]:
-        return [n for n, _ in self.events if audio or n != "audio"]
-
-    def count(self, name: str) -> int:
-        return len(self.of(name))
-
-    async def wait(self, predicate: Callable[[Recorder], object], seconds: float = 5.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit(seconds)
-        while not predicate(self):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"condition not met within {limit(seconds):g} s; events: {self.names()}"
-                )
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_count(self, name: str, n: int = 1, seconds: float = 5.0) -> None:
-        await self.wait(lambda r: r.count(name) >= n, seconds)
+from ..events import Recorder, limit
+from ..events import silence as _silence
+from ..events import tone as _tone
 
 
 def tone(ms: int, rate: int = 24000, amplitude: int = 6000) -> bytes:
-    """Speech-loud PCM16 (the simulator's VAD is energy based)."""
-    t = np.arange(rate * ms // 1000) / rate
-    wave = amplitude * np.sin(2 * np.pi * 220 * t) * (0.8 + 0.2 * np.sin(2 * np.pi * 3 * t))
-    return wave.astype("<i2").tobytes()
+    return _tone(ms, rate, amplitude)
 
 
 def silence(ms: int, rate: int = 24000) -> bytes:
-    return bytes(2 * (rate * ms // 1000))
+    return _silence(ms, rate)
 
 
 def chunks(audio: bytes, size: int) -> Iterator[bytes]:

@@ -102,8 +102,9 @@ import logging
 import random
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -136,6 +137,10 @@ __all__ = [
     "Strategy",
     "TransportOptions",
     "WebSocketRealtimeClient",
+    "check_api_key",
+    "check_ws_url",
+    "merge_options",
+    "require_positive_ints",
 ]
 
 log = logging.getLogger("voicegrid.transport")
@@ -163,6 +168,44 @@ class Endpoint:
         return self.display_url or self.url.split("?", 1)[0]
 
 
+def merge_options(
+    owner: str, defaults: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; an unknown option name is a ``ConfigError``."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"unknown {owner} option(s) {unknown}; expected some of {sorted(defaults)}"
+        )
+    return {**defaults, **options}
+
+
+def require_positive_ints(options: Mapping[str, Any], *names: str) -> None:
+    """Each named option must be an int > 0 (bools are not ints here)."""
+    for name in names:
+        value = options[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"option {name}={value!r} is invalid; expected a positive int")
+
+
+def check_api_key(api_key: object, env_var: str) -> None:
+    """An explicit ``api_key`` must be a non-empty string (``None`` means ``env_var``)."""
+    if api_key is not None and (not isinstance(api_key, str) or not api_key):
+        raise ConfigError(f"api_key must be a non-empty string or None ({env_var})")
+
+
+def check_ws_url(url: object, expected: str) -> None:
+    """``url`` must be a ``ws://`` or ``wss://`` URL with a host; the error never shows a query
+    string (it may carry a key)."""
+    if not isinstance(url, str):
+        raise ConfigError(f"url must be a string, got {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"url {url.split('?', 1)[0]!r} is invalid; expected a ws:// or wss:// {expected}"
+        )
+
+
 @dataclass(frozen=True)
 class TransportOptions:
     """Connection policy of one session (see the module docstring).
@@ -182,6 +225,15 @@ class TransportOptions:
     handshake_timeout_s: float = 10.0
     close_timeout_s: float = 5.0
     max_chunk_bytes: int = 96_000
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, max_buffer_bytes: int) -> TransportOptions:
+        """The transport policy from a client's merged options (the names that match fields)."""
+        names = {f.name for f in fields(cls)} - {"max_buffer_bytes"}
+        return cls(
+            max_buffer_bytes=max_buffer_bytes,
+            **{name: options[name] for name in names if name in options},
+        )
 
     def __post_init__(self) -> None:
         checks: list[tuple[str, float | None, float]] = [

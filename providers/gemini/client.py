@@ -32,7 +32,17 @@ from protocol.errors import (
     ProviderError,
 )
 from protocol.events import ConfigUpdatedEvent
-from providers.transport import Endpoint, Frame, Strategy, TransportOptions, WebSocketRealtimeClient
+from providers.transport import (
+    Endpoint,
+    Frame,
+    Strategy,
+    TransportOptions,
+    WebSocketRealtimeClient,
+    check_api_key,
+    check_ws_url,
+    merge_options,
+    require_positive_ints,
+)
 
 from .translator import (
     INPUT_SAMPLE_RATE,
@@ -191,20 +201,13 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         url: str | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
-        if unknown:
-            raise ConfigError(
-                f"unknown GeminiLiveClient option(s) {unknown}; expected some of "
-                f"{sorted(_OPTION_DEFAULTS)}"
-            )
-        opts = {**_OPTION_DEFAULTS, **options}
+        opts = merge_options("GeminiLiveClient", _OPTION_DEFAULTS, options)
         if opts["auth"] not in ("header", "query"):
             raise ConfigError(
                 f"auth {opts['auth']!r} is invalid; expected 'header' (x-goog-api-key) or "
                 "'query' (?key=)"
             )
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise ConfigError("api_key must be a non-empty string or None (GEMINI_API_KEY)")
+        check_api_key(api_key, "GEMINI_API_KEY")
         if opts["bearer_token"] is not None and (
             not isinstance(opts["bearer_token"], str) or not opts["bearer_token"]
         ):
@@ -214,29 +217,19 @@ class GeminiLiveClient(WebSocketRealtimeClient):
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ConfigError("headers must be a mapping of header names to string values")
-        for name in ("max_buffer_ms", "max_history"):
-            value = opts[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"option {name}={value!r} is invalid; expected a positive int")
+        require_positive_ints(opts, "max_buffer_ms", "max_history")
         for name in ("go_away_margin_s", "resume_wait_s"):
             value = opts[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"option {name}={value!r} is invalid; expected a number >= 0")
-        transport = TransportOptions(
-            max_buffer_bytes=opts["max_buffer_ms"] * _WIRE_BYTES_PER_MS,
-            reconnect_attempts=opts["reconnect_attempts"],
-            backoff_initial_s=opts["backoff_initial_s"],
-            backoff_max_s=opts["backoff_max_s"],
-            ping_interval_s=opts["ping_interval_s"],
-            ping_timeout_s=opts["ping_timeout_s"],
-            open_timeout_s=opts["open_timeout_s"],
-            handshake_timeout_s=opts["handshake_timeout_s"],
+        transport = TransportOptions.from_options(
+            opts, max_buffer_bytes=opts["max_buffer_ms"] * _WIRE_BYTES_PER_MS
         )
         super().__init__(model=model, transport=transport)
         self._api_key = api_key
         ephemeral = (api_key or os.environ.get("GEMINI_API_KEY", "")).startswith(_EPHEMERAL_PREFIX)
         self._base_url = url or (CONSTRAINED_URL if ephemeral else DEFAULT_URL)
-        _check_url(self._base_url)
+        check_ws_url(self._base_url, f"BidiGenerateContent endpoint such as {DEFAULT_URL!r}")
         self._auth: Literal["header", "query"] = opts["auth"]
         self._bearer: str | None = opts["bearer_token"]
         self._extra_headers: dict[str, str] = dict(headers)
@@ -537,14 +530,3 @@ class GeminiLiveClient(WebSocketRealtimeClient):
 
 
 _ENDED = frozenset({SessionState.IDLE, SessionState.CLOSING, SessionState.CLOSED})
-
-
-def _check_url(url: str) -> None:
-    if not isinstance(url, str):
-        raise ConfigError(f"url must be a string, got {type(url).__name__}")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(
-            f"url {url.split('?', 1)[0]!r} is invalid; expected a ws:// or wss:// "
-            f"BidiGenerateContent endpoint such as {DEFAULT_URL!r}"
-        )

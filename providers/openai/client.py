@@ -39,6 +39,10 @@ from providers.transport import (
     Frame,
     TransportOptions,
     WebSocketRealtimeClient,
+    check_api_key,
+    check_ws_url,
+    merge_options,
+    require_positive_ints,
 )
 
 from .translator import (
@@ -159,44 +163,26 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
         url: str | None = None,
         **options: Any,
     ) -> None:
-        unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
-        if unknown:
-            raise ConfigError(
-                f"unknown OpenAIRealtimeClient option(s) {unknown}; expected some of "
-                f"{sorted(_OPTION_DEFAULTS)}"
-            )
-        opts = {**_OPTION_DEFAULTS, **options}
+        opts = merge_options("OpenAIRealtimeClient", _OPTION_DEFAULTS, options)
         if opts["auth_header"] not in _AUTH_HEADERS:
             raise ConfigError(
                 f"auth_header {opts['auth_header']!r} is invalid; expected 'authorization' "
                 "(Bearer token) or 'api-key' (Azure)"
             )
-        for name in ("max_buffer_ms", "replay_max_chars"):
-            value = opts[name]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"option {name}={value!r} is invalid; expected a positive int")
+        require_positive_ints(opts, "max_buffer_ms", "replay_max_chars")
         if not isinstance(opts["transcription_model"], str) or not opts["transcription_model"]:
             raise ConfigError(
                 f"transcription_model {opts['transcription_model']!r} is invalid; expected a "
                 "model name such as 'gpt-4o-mini-transcribe'"
             )
-        if api_key is not None and (not isinstance(api_key, str) or not api_key):
-            raise ConfigError("api_key must be a non-empty string or None (OPENAI_API_KEY)")
-        transport = TransportOptions(
-            max_buffer_bytes=_buffer_bytes(opts["max_buffer_ms"], 48),
-            reconnect_attempts=opts["reconnect_attempts"],
-            backoff_initial_s=opts["backoff_initial_s"],
-            backoff_max_s=opts["backoff_max_s"],
-            recycle_after_s=opts["recycle_after_s"],
-            ping_interval_s=opts["ping_interval_s"],
-            ping_timeout_s=opts["ping_timeout_s"],
-            open_timeout_s=opts["open_timeout_s"],
-            handshake_timeout_s=opts["handshake_timeout_s"],
+        check_api_key(api_key, "OPENAI_API_KEY")
+        transport = TransportOptions.from_options(
+            opts, max_buffer_bytes=_buffer_bytes(opts["max_buffer_ms"], 48)
         )
         super().__init__(model=model, transport=transport)
         self._api_key = api_key
         self._base_url = url or DEFAULT_URL
-        _check_url(self._base_url)
+        check_ws_url(self._base_url, f"realtime endpoint such as {DEFAULT_URL!r}")
         self._auth_header: str = opts["auth_header"]
         self._max_buffer_ms: int = opts["max_buffer_ms"]
         self._update_timeout_s = float(opts["update_timeout_s"])
@@ -488,14 +474,3 @@ _ENDED = frozenset({SessionState.IDLE, SessionState.CLOSING, SessionState.CLOSED
 
 def _buffer_bytes(max_ms: int, bytes_per_ms: int) -> int:
     return max(1, max_ms * bytes_per_ms)
-
-
-def _check_url(url: str) -> None:
-    if not isinstance(url, str):
-        raise ConfigError(f"url must be a string, got {type(url).__name__}")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(
-            f"url {url!r} is invalid; expected a ws:// or wss:// realtime endpoint such as "
-            f"{DEFAULT_URL!r}"
-        )

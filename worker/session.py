@@ -207,7 +207,10 @@ class SessionRunner:
         try:
             await self._start()
         except Exception as exc:
-            log.exception("session %s failed to start", self.session_id)
+            if isinstance(exc, VoicegridError):  # an expected failure: the message says it all
+                log.warning("session %s failed to start: %s", self.session_id, exc)
+            else:
+                log.exception("session %s failed to start", self.session_id)
             if self.phase is Phase.STARTING:
                 await self._fail(exc)
         await self._ended.wait()

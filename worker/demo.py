@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,6 @@ class CallTimeline:
     spoken_responses: int = 0
     errors: list[str] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
-    turn_done: asyncio.Event = field(default_factory=asyncio.Event)
     _partial: dict[str, str] = field(default_factory=dict)
 
     def now(self) -> float:
@@ -203,7 +202,9 @@ class CallTimeline:
         self.line("error", f"{e.code} ({kind}): {e.message}")
 
 
-def _tool_handler(client: RealtimeAudioClient, timeline: CallTimeline):  # type: ignore[no-untyped-def]
+def _tool_handler(
+    client: RealtimeAudioClient, timeline: CallTimeline
+) -> Callable[[ToolCallEvent], None]:
     def on_tool_call(e: ToolCallEvent) -> None:
         timeline.tool_calls += 1
         timeline.line("tool", f"call {e.name}({e.arguments})")

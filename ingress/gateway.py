@@ -33,7 +33,6 @@ import dataclasses
 import enum
 import hmac
 import logging
-import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -74,6 +73,7 @@ from protocol import (
 )
 from protocol.events import EVENT_NAMES
 from protocol.keys import Keys, validate_session_id
+from protocol.runloop import run_main, stop_on_signals
 from protocol.streams import decode_record, entry_id_key
 from providers.transport import NoDebugLogger
 from worker.http import HealthServer
@@ -1079,18 +1079,7 @@ async def run_gateway(
 
 async def _main(settings: WorkerSettings, host: str, port: int | None) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting without finishing the drain", signum.name)
-            raise SystemExit(1)
-        log.info("%s: draining", signum.name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(stop, log)
     await run_gateway(settings, stop_event=stop, host=host, port=port)
 
 
@@ -1102,10 +1091,5 @@ def run(args: argparse.Namespace) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     port: int | None = args.port
-    try:
-        import uvloop  # optional extra "fast"
-    except ImportError:
-        asyncio.run(_main(settings, args.host, port))
-    else:
-        uvloop.run(_main(settings, args.host, port))
+    run_main(_main(settings, args.host, port))
     return 0

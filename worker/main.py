@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 
 from protocol.errors import ConfigError
+from protocol.runloop import run_main, stop_on_signals
 
 from .runtime import run_worker
 from .settings import WorkerSettings
@@ -24,18 +23,7 @@ log = logging.getLogger("voicegrid.worker")
 
 async def _main(settings: WorkerSettings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting without finishing the drain", signum.name)
-            raise SystemExit(1)
-        log.info("%s: draining", signum.name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(stop, log)
     await run_worker(settings, stop_event=stop)
 
 
@@ -46,10 +34,5 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    try:
-        import uvloop  # optional extra "fast": roughly halves per-frame CPU
-    except ImportError:
-        asyncio.run(_main(settings))
-    else:
-        uvloop.run(_main(settings))
+    run_main(_main(settings))
     return 0

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 import math
 import os
-import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any
 
 from protocol.errors import ConfigError
+from protocol.runloop import run_main, stop_on_signals
 
 from .base import BaseSimulator
 from .model import SimScript
@@ -91,23 +88,11 @@ def build_simulator(protocol: str, host: str, port: int, script: SimScript) -> B
 
 async def _serve(simulator: BaseSimulator) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # not on every platform
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop, logger)
     async with simulator:
         print(f"{type(simulator).__name__} listening on {simulator.url}", flush=True)
         await stop.wait()
         logger.info("stopping simulator")
-
-
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop  # optional extra "fast": less CPU per frame under load
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"voicegrid simulate: {exc}", file=sys.stderr)
         return 2
     try:
-        _run_loop(_serve(simulator))
+        run_main(_serve(simulator))
     except OSError as exc:
         print(
             f"voicegrid simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr

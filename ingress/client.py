@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -75,6 +76,7 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
+from worker.io import PumpConnection
 from worker.jobs import enqueue_session, open_redis
 from worker.metrics import AUDIO_FRAMES_DROPPED, REDIS_COMMAND_LATENCY
 from worker.settings import redact_url
@@ -158,22 +160,29 @@ class IngressHub:
                 await pipe.execute()
 
     async def _read_loop(self) -> None:
+        reads = PumpConnection(self.redis)
+        try:
+            await self._wake()
+            await self._read_rounds(reads)
+        finally:
+            await reads.close()
+
+    async def _read_rounds(self, reads: PumpConnection) -> None:
         delay = 0.05
-        await self._wake()
         wake = self._wake_key.encode()
         while True:
-            streams: dict[Any, Any] = {wake: self._wake_cursor}
+            streams = {wake: self._wake_cursor}
             for key, (cursor, _) in self._subs.items():
                 streams[key] = cursor
             try:
-                reply = await self.redis.xread(streams, count=500, block=1000)
+                reply = await reads.xread(streams, count=500, block_ms=1000)
             except _READ_ERRORS as exc:
                 log.warning("ingress read failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
                 continue
             delay = 0.05
-            for stream, entries in reply or ():
+            for stream, entries in reply:
                 if not entries:
                     continue
                 if stream == wake:
@@ -195,6 +204,13 @@ class IngressHub:
         self._wakeup.set()
 
     async def _write_loop(self) -> None:
+        conn = PumpConnection(self.redis)
+        try:
+            await self._write_rounds(conn)
+        finally:
+            await conn.close()
+
+    async def _write_rounds(self, conn: PumpConnection) -> None:
         delay = 0.05
         while True:
             await self._wakeup.wait()
@@ -205,18 +221,14 @@ class IngressHub:
             batches = [(c, b) for c, b in batches if b]
             if not batches:
                 continue
-            pipe = self.redis.pipeline(transaction=False)
+            commands: list[tuple[Any, ...]] = []
             for client, batch in batches:
+                head = ("XADD", client._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
                 for fields, _ in batch:
-                    pipe.xadd(
-                        client._keys_input,
-                        fields,  # type: ignore[arg-type]
-                        maxlen=INPUT_MAXLEN,
-                        approximate=True,
-                    )
+                    commands.append((*head, *itertools.chain.from_iterable(fields.items())))
             started = time.perf_counter()
             try:
-                replies = await pipe.execute(raise_on_error=False)
+                replies = await conn.pipeline(commands)
             except _REDIS_ERRORS as exc:
                 log.warning("ingress write failed (%s); retrying", type(exc).__name__)
                 for client, batch in batches:
@@ -226,8 +238,6 @@ class IngressHub:
                 delay = min(2.0, delay * 2)
                 self._wakeup.set()
                 continue
-            finally:
-                await pipe.reset()  # type: ignore[no-untyped-call]
             delay = 0.05
             REDIS_COMMAND_LATENCY.labels("ingress_write").observe(time.perf_counter() - started)
             index = 0

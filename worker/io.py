@@ -10,6 +10,8 @@
   entries in order and updating its record fields. Under load a round trip carries many
   sessions' events; idle, an event goes out at once.
 
+Each pump keeps one connection of the client's pool for itself (:class:`PumpConnection`, also
+used by the ingress's pumps): no pool round trip and no redis-py pipeline bookkeeping per round.
 Both retry Redis connection errors with a capped backoff and keep the data (the reader its
 cursors, the writer its unwritten batches), so a Redis blip does not lose a session.
 """
@@ -39,6 +41,7 @@ __all__ = [
     "Backoff",
     "InputReader",
     "OutputWriter",
+    "PumpConnection",
     "RedisHealth",
     "WriteBatch",
     "WriteSource",
@@ -86,6 +89,90 @@ class Backoff:
         self.delay = self.first
 
 
+class PumpConnection:
+    """A connection kept by one pump (a reader's blocking ``XREAD``s, a writer's rounds).
+
+    Each redis-py call takes a connection from the pool (a lock, a readiness probe, a release),
+    and a pipeline adds per-command bookkeeping and reply callbacks: about 50 µs of CPU per
+    round trip on top of the ~35 µs the round trip itself costs, and a pump makes a round trip
+    per arriving frame when the worker is not loaded (bench/README.md). A pump keeps one
+    connection from the same pool (same URL, TLS, password, db) instead. A connection that
+    failed or was interrupted mid-command may hold a late reply, so it is disconnected and
+    given back, never reused; the next call takes a fresh one.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.pool = redis.connection_pool
+        self._conn: Any = None
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = await self.pool.get_connection()
+        return self._conn
+
+    async def _drop(self, conn: Any) -> None:
+        self._conn = None
+        await conn.disconnect(nowait=True)
+        await self.pool.release(conn)
+
+    async def xread(
+        self, streams: dict[bytes, bytes], *, count: int, block_ms: int
+    ) -> list[tuple[bytes, Entries]]:
+        """``XREAD COUNT count BLOCK block_ms STREAMS ...``: per stream with news, its entries."""
+        conn = await self._connection()
+        args: list[Any] = ["XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS"]
+        args += streams.keys()
+        args += streams.values()
+        try:
+            await conn.send_command(*args)
+            reply = await conn.read_response()
+        except BaseException:
+            await self._drop(conn)
+            raise
+        return _stream_reply(reply)
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write; each one's reply, or the ``ResponseError`` it got.
+
+        Connection errors raise (the commands may have been partly applied).
+        """
+        conn = await self._connection()
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            await self._drop(conn)
+            raise
+        return replies
+
+    async def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.pool.release(conn)
+
+
+def _stream_reply(reply: Any) -> list[tuple[bytes, Entries]]:
+    """An ``XREAD`` reply (RESP2 list or RESP3 map; nil on timeout) as (stream, entries)."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    out: list[tuple[bytes, Entries]] = []
+    for stream, raw_entries in pairs:
+        entries: Entries = []
+        for entry_id, flat in raw_entries:
+            # fields alternate name, value; a trimmed entry can come back without fields
+            it = iter(flat or ())
+            entries.append((entry_id, dict(zip(it, it, strict=False))))
+        out.append((stream, entries))
+    return out
+
+
 @dataclasses.dataclass(slots=True)
 class _Subscription:
     cursor: bytes
@@ -111,6 +198,7 @@ class InputReader:
         self.wake_key = keys.wake(uuid.uuid4().hex)
         self._wake_cursor = b"0-0"
         self._subs: dict[bytes, _Subscription] = {}
+        self._reads = PumpConnection(redis)
 
     async def add(self, stream: str, *, after: str, consumer: Callable[[Entries], None]) -> None:
         """Start delivering entries of ``stream`` after id ``after`` to ``consumer``."""
@@ -136,12 +224,19 @@ class InputReader:
         backoff = Backoff()
         # start the wake cursor at a concrete id so a wake-up between two reads is not missed
         await self._wake()
+        try:
+            await self._read_loop(backoff)
+        finally:
+            await self._reads.close()
+
+    async def _read_loop(self, backoff: Backoff) -> None:
+        wake = self.wake_key.encode()
         while True:
-            streams: dict[Any, Any] = {self.wake_key: self._wake_cursor}
+            streams = {wake: self._wake_cursor}
             for key, sub in self._subs.items():
                 streams[key] = sub.cursor
             try:
-                reply = await self.redis.xread(streams, count=self.count, block=self.block_ms)
+                reply = await self._reads.xread(streams, count=self.count, block_ms=self.block_ms)
             except REDIS_ERRORS as exc:
                 self.health.failed(exc)
                 log.warning("input read failed (%s); retrying", type(exc).__name__)
@@ -153,10 +248,10 @@ class InputReader:
                 continue
             backoff.reset()
             self.health.ok()
-            for stream, entries in reply or ():
+            for stream, entries in reply:
                 if not entries:
                     continue
-                if stream == self.wake_key.encode():
+                if stream == wake:
                     self._wake_cursor = entries[-1][0]
                     continue
                 subscription = self._subs.get(stream)
@@ -208,6 +303,7 @@ class OutputWriter:
         self._wakeup = asyncio.Event()
         self._round = asyncio.Condition()
         self._in_flight: set[WriteSource] = set()
+        self._conn = PumpConnection(redis)
 
     def mark(self, source: WriteSource) -> None:
         """``source`` has something to write; it is taken at the next round trip."""
@@ -229,6 +325,12 @@ class OutputWriter:
 
     async def run(self) -> None:
         """Write until cancelled."""
+        try:
+            await self._rounds()
+        finally:
+            await self._conn.close()
+
+    async def _rounds(self) -> None:
         backoff = Backoff()
         while True:
             await self._wakeup.wait()
@@ -269,7 +371,7 @@ class OutputWriter:
         self, work: list[tuple[WriteSource, WriteBatch]]
     ) -> list[tuple[WriteSource, WriteBatch]]:
         """One pipelined round trip; returns the batches to retry."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = _Commands()
         for source, batch in work:
             self.scripts.queue_write(
                 pipe,
@@ -282,15 +384,13 @@ class OutputWriter:
             )
         started = time.perf_counter()
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._conn.pipeline(pipe.commands)
         except REDIS_ERRORS as exc:
             # the pipeline may have been partly applied: a retry can duplicate a few entries
             # (at-least-once on connection loss), never lose them
             self.health.failed(exc)
             log.warning("output write failed (%s); retrying", type(exc).__name__)
             return work
-        finally:
-            await pipe.reset()  # type: ignore[no-untyped-call]
         done = time.perf_counter()
         REDIS_COMMAND_LATENCY.labels("write").observe(done - started)
         self.health.ok()
@@ -309,3 +409,13 @@ class OutputWriter:
                     PROVIDER_TO_OUTPUT_LATENCY.observe(done - queued_at)
                 source.batch_written(batch)
         return retry
+
+
+class _Commands:
+    """Collects the commands :meth:`LeaseScripts.queue_write` queues, for one round trip."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self.commands.append(("EVALSHA", *args))

@@ -106,7 +106,9 @@ TAKEOVER_CONNECT_ATTEMPTS = 3
 DISCONNECT_TIMEOUT_S = 5.0
 
 # labelled series of the per-frame metrics, resolved once: ``labels()`` on every frame costs a
-# lock and a lookup, about 1.4 µs per call (bench/README.md)
+# lock and a lookup, about 1.4 µs per call (bench/README.md). The counters are also added to once
+# per batch of frames (a read's entries, a write round's events), not once per frame: every
+# ``inc`` takes a lock
 _FRAMES_IN = FRAMES.labels("in")
 _FRAMES_OUT = FRAMES.labels("out")
 _AUDIO_SECONDS_IN = AUDIO_SECONDS.labels("in")
@@ -183,6 +185,9 @@ class SessionRunner:
         self._record_updates: dict[str, bytes] = {}
         self._final: tuple[WriteMode, float] | None = None
         self._pstate = orjson.dumps(record.provider_state)
+        # per-frame counters not yet added to the Prometheus series (see _flush_out_metrics)
+        self._out_frames = 0
+        self._out_seconds = 0.0
         # bookkeeping
         self._ended = asyncio.Event()
         self._handoff_requested = False
@@ -406,18 +411,28 @@ class SessionRunner:
         self._apply_all(held)
 
     def _apply_all(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        for index, (entry_id, fields) in enumerate(entries):
-            if self.phase is not Phase.LIVE:
-                return
-            if self._holding:
-                self._held.extend(entries[index:])
-                return
-            self._apply(entry_id.decode(), fields)
+        frames, audio_s = 0, 0.0
+        try:
+            for index, (entry_id, fields) in enumerate(entries):
+                if self.phase is not Phase.LIVE:
+                    return
+                if self._holding:
+                    self._held.extend(entries[index:])
+                    return
+                seconds = self._apply(entry_id.decode(), fields)
+                if seconds is not None:
+                    frames += 1
+                    audio_s += seconds
+        finally:
+            if frames:
+                _FRAMES_IN.inc(frames)
+                _AUDIO_SECONDS_IN.inc(audio_s)
 
-    def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> float | None:
+        """Hand one entry to the provider client; the audio seconds of a relayed frame."""
         key = entry_id_key(entry_id)
         if key <= self._last_key:
-            return  # already handed to the provider (a re-delivered entry)
+            return None  # already handed to the provider (a re-delivered entry)
         self._last_key = key
         self.last_id = entry_id
         self._handed.append((time.monotonic(), entry_id))
@@ -433,14 +448,16 @@ class SessionRunner:
                     recoverable=True,
                 ),
             )
-            return
+            return None
         if isinstance(entry, AudioEntry):
-            self._send_audio(entry_id, entry)
-        elif key > self._cmd_key:
+            return self._send_audio(entry_id, entry)
+        if key > self._cmd_key:
             self._cmd_key = key
             self._command(entry_id, entry.command)
+        return None
 
-    def _send_audio(self, entry_id: str, entry: AudioEntry) -> None:
+    def _send_audio(self, entry_id: str, entry: AudioEntry) -> float | None:
+        """Relay one caller frame; its audio seconds, or None when the client rejected it."""
         assert self.client is not None
         try:
             self.client.send_audio(entry.data)
@@ -452,10 +469,9 @@ class SessionRunner:
                     code="invalid_audio", message=f"input entry {entry_id}: {exc}", recoverable=True
                 ),
             )
-            return
-        _FRAMES_IN.inc()
-        _AUDIO_SECONDS_IN.inc(len(entry.data) / self.config.input_audio.bytes_per_second)
+            return None
         INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
+        return len(entry.data) / self.config.input_audio.bytes_per_second
 
     def _command(self, entry_id: str, command: Command) -> None:
         assert self.client is not None
@@ -553,9 +569,9 @@ class SessionRunner:
     def _observe(self, name: str, payload: BaseModel) -> None:
         """Metrics and the conversation log, per event."""
         if isinstance(payload, AudioEvent):
-            _FRAMES_OUT.inc()
+            self._out_frames += 1
             fmt = self.config.output_audio
-            _AUDIO_SECONDS_OUT.inc(len(payload.data) / (payload.sample_rate * fmt.bytes_per_sample))
+            self._out_seconds += len(payload.data) / (payload.sample_rate * fmt.bytes_per_sample)
             if self._speech_stopped_at is not None:
                 FIRST_AUDIO_LATENCY.labels(self.provider).observe(
                     time.perf_counter() - self._speech_stopped_at
@@ -657,7 +673,15 @@ class SessionRunner:
 
     # --- the writer's side ---------------------------------------------------------------------
 
+    def _flush_out_metrics(self) -> None:
+        """Add the output frames counted since the last write round to the counters."""
+        if self._out_frames:
+            _FRAMES_OUT.inc(self._out_frames)
+            _AUDIO_SECONDS_OUT.inc(self._out_seconds)
+            self._out_frames, self._out_seconds = 0, 0.0
+
     def take_batch(self) -> WriteBatch | None:
+        self._flush_out_metrics()
         if self.phase is Phase.FENCED:
             return None
         if not self._outbox and not self._record_updates and self._final is None:

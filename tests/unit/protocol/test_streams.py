@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -285,3 +286,70 @@ def test_entry_ids_sort_numerically_and_reject_garbage() -> None:
 def test_schema_version_is_one() -> None:
     assert SCHEMA_VERSION == 1
     assert encode_audio(b"", ts_us=0)["v"] == b"1"
+
+
+_ID_PATTERN = r"(\d{1,20})-(\d{1,20})"
+
+
+@given(st.text(alphabet="0123456789-x٣ ", max_size=46))
+def test_entry_id_key_accepts_exactly_the_documented_form(text: str) -> None:
+    match = re.fullmatch(_ID_PATTERN, text)
+    if match is None:
+        with pytest.raises(StreamEntryError, match="expected '<ms>-<seq>'"):
+            entry_id_key(text)
+    else:
+        assert entry_id_key(text) == (int(match.group(1)), int(match.group(2)))
+
+
+@given(
+    st.binary(max_size=64),
+    st.integers(0, 2**62),
+    st.sampled_from([None, b"", b"-5", b" 7", b"1.5", "12", 12]),
+    st.sampled_from([b"1", b"2", "1"]),
+)
+def test_decode_input_fast_path_agrees_with_the_full_checks(
+    data: bytes, ts: int, odd_ts: bytes | str | int | None, version: bytes | str
+) -> None:
+    fields: dict[Any, Any] = {**as_redis(encode_audio(data, ts_us=ts)), b"v": version}
+    if odd_ts is not None:
+        fields[b"ts"] = odd_ts
+    try:
+        # str field names: the same entry, but only the full checks look names up that way
+        expected: Any = decode_input({name.decode(): value for name, value in fields.items()})
+    except StreamEntryError as exc:
+        expected = str(exc)
+    try:
+        got: Any = decode_input(fields)
+    except StreamEntryError as exc:
+        got = str(exc)
+    assert got == expected
+    if version == b"1" and odd_ts is None:
+        assert got == AudioEntry(data=data, ts_us=ts)
+
+
+@given(
+    st.binary(max_size=64),
+    st.integers(0, 2**62),
+    st.integers(0, 10**6),
+    st.sampled_from([None, "r1", "é", ""]),
+    st.sampled_from([None, (b"sr", b"-1"), (b"sr", b"x"), (b"ep", b""), (b"v", b"2"), (b"d", "s")]),
+)
+def test_decode_output_fast_path_agrees_with_the_full_checks(
+    data: bytes, ts: int, rate: int, rid: str | None, odd: tuple[bytes, Any] | None
+) -> None:
+    event = AudioEvent(data=data, sample_rate=rate, response_id=rid)
+    fields: dict[Any, Any] = as_redis(encode_event("audio", event, epoch=4, ts_us=ts))
+    if odd is not None:
+        fields[odd[0]] = odd[1]
+    try:
+        # str field names: the same entry, but only the full checks look names up that way
+        expected: Any = decode_output({name.decode(): value for name, value in fields.items()})
+    except StreamEntryError as exc:
+        expected = str(exc)
+    try:
+        got: Any = decode_output(fields)
+    except StreamEntryError as exc:
+        got = str(exc)
+    assert got == expected
+    if odd is None:
+        assert got == EventEntry(name="audio", payload=event, ts_us=ts, epoch=4)

@@ -50,6 +50,7 @@ DEFAULT_MODELS = {
 }
 API_KEY_VARS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 FRAME_MS = 20
+FAST_FACTOR = 10  # --fast plays the caller ten times faster than real time
 CALLER_FORMAT = AudioFormat(encoding="pcm16", sample_rate=16000)
 REPLY_FORMAT = AudioFormat(encoding="pcm16", sample_rate=24000)
 
@@ -220,22 +221,21 @@ def _tool_handler(
 async def _play(
     client: RealtimeAudioClient, audio: bytes, *, realtime: bool, tail_s: float
 ) -> None:
-    """Send ``audio`` then ``tail_s`` of silence in 20 ms frames, paced like a phone line."""
+    """Send ``audio`` then ``tail_s`` of silence in 20 ms frames, paced like a phone line
+    (``realtime``) or ten times faster: still paced, so no buffer fills up with silence."""
     frame_bytes = CALLER_FORMAT.sample_rate * FRAME_MS // 1000 * 2
     silence = bytes(frame_bytes)
     frames = [audio[i : i + frame_bytes] for i in range(0, len(audio), frame_bytes)]
     frames += [silence] * int(tail_s * 1000 / FRAME_MS)
+    period_s = FRAME_MS / 1000 / (1 if realtime else FAST_FACTOR)
     start = time.monotonic()
     for i, frame in enumerate(frames):
         if len(frame) % 2:
             frame = frame[:-1]
         client.send_audio(frame)
-        if realtime:
-            delay = start + (i + 1) * FRAME_MS / 1000 - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif i % 10 == 0:
-            await asyncio.sleep(0)
+        delay = start + (i + 1) * period_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 async def run_call(

@@ -32,17 +32,23 @@ async def test_in_process_call_answers_the_tool_and_speaks(
     assert "call get_weather({'city': 'Paris'})" in out
     assert "first audio (" in out
     assert "tool calls: 1" in out
+    assert "  error  " not in out  # no error event on the timeline (e.g. a buffer overflow)
     assert wav_seconds(tmp_path / "r.wav") > 1.0
 
 
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
 async def test_distributed_call_runs_on_an_embedded_redis(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    provider: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    assert await _main(demo_args(tmp_path)) == 0
+    assert await _main(demo_args(tmp_path, "--provider", provider)) == 0
     out = capsys.readouterr().out
-    assert "ingress -> embedded Redis -> worker -> openai" in out
+    assert f"ingress -> embedded Redis -> worker -> {provider}" in out
     assert "call get_weather" in out and "response completed" in out
+    assert "  error  " not in out
     assert wav_seconds(tmp_path / "r.wav") > 1.0
 
 

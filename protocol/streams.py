@@ -505,6 +505,7 @@ class StateField:
     HANDOFF = "handoff"
     CREATED = "created"
     CAPABILITIES = "caps"
+    OPEN_RESPONSE = "open_resp"
 
 
 Status = Literal["pending", "live", "closed"]
@@ -517,7 +518,9 @@ class SessionRecord(BaseModel):
     reads after it); ``command_cursor`` the last command applied (commands at or before it are
     never applied twice); ``provider_state`` what the provider client exported (e.g. a Gemini
     resumption handle); ``conversation`` the summary used for replay; ``handoff`` the epoch that
-    handed the session over on drain (0: none); ``capabilities`` the provider client's.
+    handed the session over on drain (0: none); ``capabilities`` the provider client's;
+    ``open_response`` the id of a model turn whose output was published but whose
+    ``response-done`` was not ("": none), which a new owner closes as ``failed``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -536,6 +539,7 @@ class SessionRecord(BaseModel):
     handoff: int = Field(default=0, ge=0)
     created_us: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
+    open_response: str = ""
 
 
 _JSON_FIELDS = {
@@ -555,6 +559,7 @@ _PLAIN_FIELDS = {
     StateField.COMMAND_CURSOR: "command_cursor",
     StateField.HANDOFF: "handoff",
     StateField.CREATED: "created_us",
+    StateField.OPEN_RESPONSE: "open_response",
 }
 
 

@@ -40,6 +40,31 @@ class ConversationLog:
     def add_tool_result(self, call_id: str, output: Any) -> None:
         self._add({"role": "tool_result", "call_id": call_id, "output": output})
 
+    def add_tool_cancelled(self, call_id: str) -> None:
+        """The call's result is no longer wanted (``tool-call-cancelled`` was published)."""
+        self._add({"role": "tool_cancelled", "call_id": call_id})
+
+    def pending_calls(self) -> list[str]:
+        """Ids of the logged tool calls with neither a result nor a cancellation, oldest first."""
+        pending: dict[str, None] = {}
+        for item in self.items:
+            role, call_id = item.get("role"), item.get("call_id")
+            if not isinstance(call_id, str):
+                continue
+            if role == "tool_call":
+                pending[call_id] = None
+            elif role in ("tool_result", "tool_cancelled"):
+                pending.pop(call_id, None)
+        return list(pending)
+
+    def cancelled_calls(self) -> set[str]:
+        """Ids of the logged calls that were cancelled (a late result for one is dropped)."""
+        return {
+            item["call_id"]
+            for item in self.items
+            if item.get("role") == "tool_cancelled" and isinstance(item.get("call_id"), str)
+        }
+
     def _add(self, item: dict[str, Any]) -> None:
         self.items.append(item)
         self.changed = True
@@ -68,6 +93,8 @@ class ConversationLog:
             elif role == "tool_result":
                 output = orjson.dumps(item.get("output")).decode()
                 lines.append(f"tool result for {item.get('call_id')}: {output}")
+            elif role == "tool_cancelled":
+                lines.append(f"tool call {item.get('call_id')} was cancelled (no result)")
         return "\n".join(lines)
 
 

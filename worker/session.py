@@ -38,6 +38,7 @@ from protocol import (
     RealtimeAudioClient,
     RealtimeSessionConfig,
     ResponseDoneEvent,
+    ToolCallCancelledEvent,
     ToolCallEvent,
     TranscriptEvent,
     VoicegridError,
@@ -171,6 +172,14 @@ class SessionRunner:
         self.config = parse_config(record.config)
         self.conversation = ConversationLog(record.conversation)
         self.strategy: Literal["resumed", "replayed"] | None = None
+        # True when the provider client could not restore its session (the worker replayed
+        # the conversation summary): the new provider session knows no pending tool call
+        self._worker_replayed = False
+        # the model turn whose output was published but not its response-done ("": none),
+        # saved with the write that changes it; a new owner closes the previous owner's as
+        # failed right after ``reconnected``
+        self._open_response = record.open_response
+        self._inherited_response = record.open_response if self.kind != "new" else ""
         # input
         self.last_id = record.cursor
         self._last_key = entry_id_key(record.cursor)
@@ -299,6 +308,7 @@ class SessionRunner:
         if not (last and self.strategy == "resumed"):
             strategy = client.import_state(self.record.provider_state)
         self.strategy = strategy or "replayed"
+        self._worker_replayed = strategy is None
         if strategy is None:
             return replay_config(self.config, self.conversation)
         return self.config
@@ -479,12 +489,25 @@ class SessionRunner:
         try:
             if isinstance(command, ToolResponseCommand):
                 now = time.perf_counter()
+                cancelled = self.conversation.cancelled_calls()
+                responses = []
                 for response in command.responses:
+                    if response.call_id in cancelled:
+                        # the provider session no longer knows the call (tool-call-cancelled
+                        # was published): sending the result would be an error there
+                        log.warning(
+                            "session %s: dropped the late result of cancelled tool call %s",
+                            self.session_id,
+                            response.call_id,
+                        )
+                        continue
+                    responses.append(response)
                     started = self._tool_calls.pop(response.call_id, None)
                     if started is not None:
                         TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
                     self.conversation.add_tool_result(response.call_id, response.output)
-                client.send_tool_response(list(command.responses))
+                if responses:
+                    client.send_tool_response(responses)
             elif isinstance(command, RequestResponseCommand):
                 client.request_response(command.instruction)
             elif isinstance(command, PingCommand):
@@ -550,7 +573,8 @@ class SessionRunner:
             return
         if phase is Phase.STARTING and name in ("error", "closed"):
             return  # a failed connect is reported once, by _fail
-        if name == "connected" and self.kind != "new":
+        continued = name == "connected" and self.kind != "new"
+        if continued:
             name = "reconnected"
             payload = ConnectionEvent(reason=self.kind, strategy=self.strategy)
         self._observe(name, payload)
@@ -563,8 +587,46 @@ class SessionRunner:
                 self._spawn(self._finish("close"))
             return
         self._emit(name, payload)
-        if name == "response-done":
+        if continued:
+            self._close_inherited()
+        elif isinstance(payload, AudioEvent):
+            if payload.response_id and payload.response_id != self._open_response:
+                self._set_open_response(payload.response_id)
+        elif isinstance(payload, ResponseDoneEvent):
+            if self._open_response and payload.response_id in (None, self._open_response):
+                self._set_open_response("")
             self._save_provider_state()
+
+    def _set_open_response(self, response_id: str) -> None:
+        # queued after the event that changed it, so both go out in the same fenced write: a
+        # crash can never leave a closed turn marked open (a second response-done) or an
+        # open turn unmarked (none)
+        self._open_response = response_id
+        self._record_updates[StateField.OPEN_RESPONSE] = response_id.encode()
+        self.runtime.writer.mark(self)
+
+    def _close_inherited(self) -> None:
+        """Right after ``reconnected``: close what the previous owner left open, once.
+
+        A model turn cut by the crash gets its ``response-done`` (``failed``, as a provider
+        reports a reply cut by a connection loss). When the worker replayed the conversation
+        itself, the new provider session knows none of the tool calls still waiting for a
+        result: they are reported as ``tool-call-cancelled`` and their late results dropped.
+        A client that restored its session (``resumed``/``replayed`` from ``import_state``)
+        keeps its calls valid or reports lost ones itself.
+        """
+        if self._inherited_response:
+            response_id, self._inherited_response = self._inherited_response, ""
+            self._emit("response-done", ResponseDoneEvent(response_id=response_id, status="failed"))
+            if self._open_response == response_id:
+                self._set_open_response("")
+        if self._worker_replayed:
+            pending = self.conversation.pending_calls()
+            if pending:
+                for call_id in pending:
+                    self.conversation.add_tool_cancelled(call_id)
+                    self._tool_calls.pop(call_id, None)
+                self._emit("tool-call-cancelled", ToolCallCancelledEvent(call_ids=pending))
 
     def _observe(self, name: str, payload: BaseModel) -> None:
         """Metrics and the conversation log, per event."""
@@ -583,6 +645,10 @@ class SessionRunner:
             if len(self._tool_calls) < 256:
                 self._tool_calls[payload.call_id] = time.perf_counter()
             self.conversation.add_tool_call(payload.call_id, payload.name, payload.arguments)
+        elif isinstance(payload, ToolCallCancelledEvent):
+            for call_id in payload.call_ids:
+                self._tool_calls.pop(call_id, None)
+                self.conversation.add_tool_cancelled(call_id)
         elif isinstance(payload, TranscriptEvent):
             if payload.final:
                 self.conversation.add_message(payload.role, payload.text)

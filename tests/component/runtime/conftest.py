@@ -268,6 +268,7 @@ class Recorder:
         for name in (
             "audio",
             "tool-call",
+            "tool-call-cancelled",
             "transcript",
             "response-done",
             "config-updated",

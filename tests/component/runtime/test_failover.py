@@ -191,3 +191,152 @@ async def test_a_redis_outage_shorter_than_the_lease_loses_nothing(
     assert fakes["outage"][0].frames == [frame(n) for n in range(1, 12)]
     assert len(fakes["outage"]) == 1  # no takeover was needed
     assert not events.of("reconnected")
+
+
+def after_reconnected(events: Any) -> list[tuple[str, Any]]:
+    """The events published after the first ``reconnected`` (a takeover's or a hand-off's)."""
+    names = [name for name, _ in events.events]
+    return events.events[names.index("reconnected") + 1 :]
+
+
+async def until_checkpointed(redis: Any, session_id: str) -> None:
+    """Until the owner saved its provider state and an input cursor past every frame sent
+    (a takeover then re-sends nothing, so the fake model opens no new turn)."""
+    keys = KEYS.session(session_id)
+    async with asyncio.timeout(5):
+        while True:
+            pstate, cursor = await redis.hmget(keys.state, ["pstate", "cursor"])
+            newest = await redis.xrevrange(keys.input, count=1)
+            if pstate not in (None, b"{}") and (not newest or cursor == newest[0][0]):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def open_response(redis: Any, session_id: str) -> bytes | None:
+    value: bytes | None = await redis.hget(KEYS.session(session_id).state, "open_resp")
+    return value
+
+
+async def test_a_turn_cut_by_a_crash_is_closed_as_failed_exactly_once(
+    start_worker: Any, make_client: Any, recorder: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="cut")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.send_audio(frame(1))  # the fake model answers with audio of response r1
+    await events.wait_for(lambda: events.of("audio"))
+    redis = make_redis()
+    # saved in the same fenced write as the audio that opened the turn
+    assert await open_response(redis, client.session_id) == b"r1"
+    await until_checkpointed(redis, client.session_id)
+    await owner.crash()
+    successor = await start_worker()
+    await events.wait_for(lambda: events.of("response-done"), within=10)
+    closing = after_reconnected(events)[0]
+    assert closing[0] == "response-done"
+    assert (closing[1].response_id, closing[1].status) == ("r1", "failed")
+    assert await open_response(redis, client.session_id) == b""
+
+    # a second takeover does not close the same turn again
+    await until_checkpointed(redis, client.session_id)
+    await successor.crash()
+    await start_worker()
+    await events.wait_for(lambda: len(events.of("reconnected")) == 2, within=10)
+    client.request_response("hello")  # a later event proves the new owner is live
+    await events.wait_for(lambda: len(events.of("response-done")) == 2)
+    assert [(e.response_id, e.status) for e in events.of("response-done")] == [
+        ("r1", "failed"),
+        ("r1", "completed"),
+    ]
+
+
+async def test_a_completed_turn_is_not_closed_again_after_a_crash(
+    start_worker: Any, make_client: Any, recorder: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="done")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.send_audio(frame(1))  # opens r1
+    client.request_response("hello")  # the fake model completes r1
+    await events.wait_for(lambda: events.of("response-done"))
+    assert await open_response(make_redis(), client.session_id) == b""
+    await owner.crash()
+    await start_worker()
+    await events.wait_for(lambda: events.of("reconnected"), within=10)
+    client.request_response("again")
+    await events.wait_for(lambda: len(events.of("response-done")) == 2)
+    assert [e.status for e in events.of("response-done")] == ["completed", "completed"]
+
+
+async def test_a_hand_off_closes_the_turn_the_old_owner_left_open(
+    start_worker: Any, make_client: Any, recorder: Any
+) -> None:
+    first = await start_worker()
+    client = make_client(tag="handcut")
+    events = recorder(client)
+    await client.connect(CONFIG)
+    await start_worker()
+    client.send_audio(frame(1))
+    await events.wait_for(lambda: events.of("audio"))
+    await first.stop()
+    await events.wait_for(lambda: events.of("response-done"), within=5)
+    closing = after_reconnected(events)[0]
+    assert closing[0] == "response-done"
+    assert (closing[1].response_id, closing[1].status) == ("r1", "failed")
+    assert events.of("reconnecting")[0].reason == "handoff"
+
+
+async def test_pending_tool_calls_are_cancelled_after_the_workers_own_replay(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="lostcall", echo=False)
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.request_response("call a tool")
+    await events.wait_for(lambda: events.of("tool-call"))
+    keys = KEYS.session(client.session_id)
+    redis = make_redis()
+
+    async def call_saved() -> None:
+        while b"call-1" not in (await redis.hget(keys.state, "conv") or b""):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(call_saved(), 5)
+    await owner.crash()  # before the application answered the call
+    await redis.hset(keys.state, "pstate", b"{}")  # the provider state cannot be restored
+    await start_worker()
+    await events.wait_for(lambda: events.of("tool-call-cancelled"), within=10)
+    assert events.of("reconnected")[0].strategy == "replayed"
+    assert after_reconnected(events)[0][0] == "tool-call-cancelled"
+    assert events.of("tool-call-cancelled")[0].call_ids == ["call-1"]
+
+    # the late result is dropped, not sent to a provider session that never saw the call
+    client.send_tool_response([RealtimeToolResponse(call_id="call-1", output="late")])
+    client.request_response("hello")  # applied after the dropped result, in order
+    await events.wait_for(lambda: events.of("response-done"))
+    assert fakes["lostcall"][1].tool_responses == []
+    assert fakes["lostcall"][1].requests == ["hello"]
+    assert len(events.of("tool-call-cancelled")) == 1
+
+
+async def test_pending_tool_calls_stay_valid_when_the_client_restored_its_session(
+    start_worker: Any, make_client: Any, recorder: Any, fakes: Any, make_redis: Any
+) -> None:
+    owner = await start_worker()
+    client = make_client(tag="keptcall", echo=False)
+    events = recorder(client)
+    await client.connect(CONFIG)
+    client.request_response("call a tool")
+    await events.wait_for(lambda: events.of("tool-call"))
+    await until_checkpointed(make_redis(), client.session_id)
+    await owner.crash()
+    await start_worker()
+    await events.wait_for(lambda: events.of("reconnected"), within=10)
+    assert events.of("reconnected")[0].strategy == "resumed"  # import_state restored it
+    client.send_tool_response([RealtimeToolResponse(call_id="call-1", output="sunny")])
+    await events.wait_for(lambda: events.of("response-done"))
+    assert [r.call_id for r in fakes["keptcall"][1].tool_responses] == ["call-1"]
+    assert not events.of("tool-call-cancelled")

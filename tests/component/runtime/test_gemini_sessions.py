@@ -467,3 +467,79 @@ async def test_a_tool_call_pending_at_a_takeover_is_cancelled_not_lost(
     assert not events.of("error")
     assert not events.of("closed")
     await client.disconnect()
+
+
+async def test_a_reply_cut_by_a_crash_is_closed_as_failed_after_the_takeover(
+    sim: GeminiSimulator, start_worker: Any, gemini_client: Any, recorder: Any, make_redis: Any
+) -> None:
+    sim.script.speed = 1.0  # a 5 s reply in real time: the crash cuts it
+    sim.script.reply_audio_ms = 5000
+    owner = await start_worker(gemini_url=sim.url)
+    client = gemini_client()
+    events = recorder(client)
+    await client.connect(CONFIG.model_copy(update={"tools": []}))
+    for data in utterance(0):
+        client.send_audio(data)
+    await events.wait_for(lambda: events.of("audio"))
+    cut = events.of("audio")[0].response_id
+    assert cut
+    redis = make_redis()
+    keys = KEYS.session(client.session_id)
+    assert await redis.hget(keys.state, "open_resp") == cut.encode()
+    await crash_with_provider_sockets(owner)
+    assert not events.of("response-done")
+    sim.script.reply_audio_ms = 200
+    sim.script.speed = 20.0
+    await start_worker(gemini_url=sim.url)
+    await events.wait_for(lambda: events.of("response-done"), within=10)
+    names = [name for name, _ in events.events]
+    closing = events.events[names.index("reconnected") + 1]
+    assert closing[0] == "response-done"
+    assert (closing[1].response_id, closing[1].status) == (cut, "failed")
+    assert await redis.hget(keys.state, "open_resp") == b""
+    for data in utterance(100):  # the session goes on; the next turn completes normally
+        client.send_audio(data)
+    await events.wait_for(
+        lambda: any(e.status == "completed" for e in events.of("response-done")), within=10
+    )
+    assert [e.status for e in events.of("response-done")].count("failed") == 1
+    assert not events.of("closed")
+    await client.disconnect()
+
+
+async def test_a_call_pending_when_the_handle_is_refused_is_cancelled_after_the_replay(
+    sim: GeminiSimulator, start_worker: Any, gemini_client: Any, recorder: Any, make_redis: Any
+) -> None:
+    sim.script.tool_call = ToolCallScript(arguments={"city": "Rome"}, on_turn=1)
+    owner = await start_worker(gemini_url=sim.url)
+    client = gemini_client()
+    events = recorder(client)
+    await client.connect(CONFIG)
+    for data in utterance(0):
+        client.send_audio(data)
+    await events.wait_for(lambda: events.of("tool-call"))
+    call = events.of("tool-call")[0]
+    redis = make_redis()
+    await wait_for_checkpoint(redis, client.session_id, said=b"get_weather")
+    await crash_with_provider_sockets(owner)  # before the application answered the call
+    # the handle expired meanwhile: every resume is refused and the last attempt replays
+    state = {"handle": "sim-handle-expired", "lost_calls": [call.call_id]}
+    await redis.hset(KEYS.session(client.session_id).state, "pstate", orjson.dumps(state))
+    await start_worker(gemini_url=sim.url)
+    await events.wait_for(lambda: events.of("tool-call-cancelled"), within=10)
+    assert [e.strategy for e in events.of("reconnected")] == ["replayed"]
+    names = [name for name, _ in events.events]
+    assert names[names.index("reconnected") + 1] == "tool-call-cancelled"
+    assert [e.call_ids for e in events.of("tool-call-cancelled")] == [[call.call_id]]
+
+    # a late result is dropped: the replayed session never saw the call
+    client.send_tool_response([RealtimeToolResponse(call_id=call.call_id, output="late")])
+    client.request_response("Say something.")  # applied after the dropped result, in order
+    # the replayed session is a new one: its first turn calls the tool again
+    await events.wait_for(lambda: len(events.of("tool-call")) == 2, within=10)
+    assert events.of("tool-call")[1].call_id != call.call_id
+    replay = sim.connections[-1]
+    assert not [f for f in replay.received if "toolResponse" in f]
+    assert len(events.of("tool-call-cancelled")) == 1
+    assert not events.of("closed")
+    await client.disconnect()

@@ -481,6 +481,31 @@ async def _disconnect_all(clients: Sequence[RealtimeAudioClient], timeout_s: flo
             await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
 
 
+async def _run_sessions(
+    make: Callable[[], RealtimeAudioClient],
+    sessions: int,
+    sample: Sampler,
+    *,
+    warmup_s: float,
+    seconds: float,
+) -> tuple[_Tally, list[_Caller], float, _Sample, _Sample, dict[str, float]]:
+    """Connect ``sessions`` clients from ``make``, drive them through one measured phase, and
+    disconnect them (the same for the baseline and the distributed setup)."""
+    tally = _Tally()
+    clients = [make() for _ in range(sessions)]
+    callers = [_Caller(c, o, tally) for c, o in zip(clients, _offsets(sessions), strict=True)]
+    for caller, client in zip(callers, clients, strict=True):
+        caller.attach(client)
+    try:
+        connect_s = await _connect_all(clients, STEP_TIMEOUT_S + sessions * 0.2)
+        before, after, lag = await _run_phase(
+            callers, tally, sample, warmup_s=warmup_s, seconds=seconds
+        )
+    finally:
+        await _disconnect_all(clients, STEP_TIMEOUT_S)
+    return tally, callers, connect_s, before, after, lag
+
+
 async def _run_phase(
     callers: list[_Caller], tally: _Tally, sample: Sampler, *, warmup_s: float, seconds: float
 ) -> tuple[_Sample, _Sample, dict[str, float]]:
@@ -715,18 +740,9 @@ async def _baseline(
             system_s={"bench": proc_cpu_split(me)[1]},
         )
 
-    tally = _Tally()
-    clients = [make() for _ in range(sessions)]
-    callers = [_Caller(c, o, tally) for c, o in zip(clients, _offsets(sessions), strict=True)]
-    for caller, client in zip(callers, clients, strict=True):
-        caller.attach(client)
-    try:
-        connect_s = await _connect_all(clients, STEP_TIMEOUT_S + sessions * 0.2)
-        before, after, lag = await _run_phase(
-            callers, tally, sample, warmup_s=warmup_s, seconds=seconds
-        )
-    finally:
-        await _disconnect_all(clients, STEP_TIMEOUT_S)
+    tally, callers, connect_s, before, after, lag = await _run_sessions(
+        make, sessions, sample, warmup_s=warmup_s, seconds=seconds
+    )
     process_cpu = _per_session_s(before, after, "bench", sessions)
     return {
         **_observed(tally, callers, seconds),
@@ -806,18 +822,9 @@ async def _distributed(
                 system_s={"worker": proc_cpu_split(worker.pid)[1]},
             )
 
-        tally = _Tally()
-        clients = [make() for _ in range(sessions)]
-        callers = [_Caller(c, o, tally) for c, o in zip(clients, _offsets(sessions), strict=True)]
-        for caller, client in zip(callers, clients, strict=True):
-            caller.attach(client)
-        try:
-            connect_s = await _connect_all(clients, STEP_TIMEOUT_S + sessions * 0.2)
-            before, after, lag = await _run_phase(
-                callers, tally, sample, warmup_s=warmup_s, seconds=seconds
-            )
-        finally:
-            await _disconnect_all(clients, STEP_TIMEOUT_S)
+        tally, callers, connect_s, before, after, lag = await _run_sessions(
+            make, sessions, sample, warmup_s=warmup_s, seconds=seconds
+        )
         assert before.metrics is not None and after.metrics is not None
         elapsed = after.t - before.t
         m0, m1 = before.metrics, after.metrics

@@ -286,6 +286,33 @@ async def start_pair(workers: Any, sim: BaseSimulator, **env: str) -> list[Any]:
     return pair
 
 
+async def start_call(
+    sim: BaseSimulator,
+    workers: Any,
+    make_client: Any,
+    caller: Any,
+    redis_url: str,
+    namespace: str,
+    config: Any,
+    *,
+    client_options: dict[str, Any] | None = None,
+    frame_bytes: int = FRAME_BYTES,
+    **env: str,
+) -> tuple[Any, Any, Timeline, Any, list[Any]]:
+    """Two workers, a session and a caller talking; returns once the model answered the first
+    turn: ``(client, owner, timeline, call, pair)``."""
+    pair = await start_pair(workers, sim, **env)
+    client = make_client(**(client_options or {}))
+    timeline = Timeline(client)
+    await client.connect(config)
+    owner_id = await owner_of(redis_url, namespace, client.session_id)
+    owner = next(w for w in pair if w.worker_id == owner_id)
+    call = caller(client, frame_bytes=frame_bytes)
+    call.start()
+    await timeline.wait("audio", within=15)  # the model answered the first turn
+    return client, owner, timeline, call, pair
+
+
 async def check_every_frame_arrived(sim: BaseSimulator, sent: int, frames: Any) -> list[int]:
     """Wait until frames ``0..sent-1`` reached the simulator; every arrival, in order."""
 

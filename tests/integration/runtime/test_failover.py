@@ -19,7 +19,7 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from protocol.keys import Keys
 from providers.simulator import OpenAISimulator, SimScript
 
-from .conftest import Timeline, check_every_frame_arrived, owner_of, start_pair
+from .conftest import check_every_frame_arrived, start_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -54,15 +54,9 @@ async def test_sigkill_of_the_owner_mid_call_is_taken_over_without_losing_audio(
     workers: Any, make_client: Any, caller: Any, frames: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        pair = await start_pair(workers, sim)
-        client = make_client()
-        timeline = Timeline(client)
-        await client.connect(CONFIG)
-        owner_id = await owner_of(redis_url, namespace, client.session_id)
-        owner = next(w for w in pair if w.worker_id == owner_id)
-        call = caller(client)
-        call.start()
-        await timeline.wait("audio", within=15)  # the model answered the first turn
+        client, owner, timeline, call, pair = await start_call(
+            sim, workers, make_client, caller, redis_url, namespace, CONFIG
+        )
 
         killed_at = time.monotonic()
         owner.signal(signal.SIGKILL)
@@ -91,15 +85,9 @@ async def test_sigterm_hands_the_session_over_at_once(
     workers: Any, make_client: Any, caller: Any, frames: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        pair = await start_pair(workers, sim)
-        client = make_client()
-        timeline = Timeline(client)
-        await client.connect(CONFIG)
-        owner_id = await owner_of(redis_url, namespace, client.session_id)
-        owner = next(w for w in pair if w.worker_id == owner_id)
-        call = caller(client)
-        call.start()
-        await timeline.wait("audio", within=15)
+        client, owner, timeline, call, pair = await start_call(
+            sim, workers, make_client, caller, redis_url, namespace, CONFIG
+        )
 
         termed_at = time.monotonic()
         owner.signal(signal.SIGTERM)
@@ -129,15 +117,9 @@ async def test_a_stopped_owner_past_its_lease_is_fenced_when_it_resumes(
     workers: Any, make_client: Any, caller: Any, frames: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        pair = await start_pair(workers, sim)
-        client = make_client()
-        timeline = Timeline(client)
-        await client.connect(CONFIG)
-        owner_id = await owner_of(redis_url, namespace, client.session_id)
-        stale = next(w for w in pair if w.worker_id == owner_id)
-        call = caller(client)
-        call.start()
-        await timeline.wait("audio", within=15)
+        client, stale, timeline, call, _ = await start_call(
+            sim, workers, make_client, caller, redis_url, namespace, CONFIG
+        )
 
         stopped_at = time.monotonic()
         stale.signal(signal.SIGSTOP)

@@ -26,8 +26,7 @@ from .conftest import (
     GEMINI_FRAME_BYTES,
     Timeline,
     check_every_frame_arrived,
-    owner_of,
-    start_pair,
+    start_call,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -50,22 +49,6 @@ def resumable_handles(conn: Any) -> list[str]:
     ]
 
 
-async def start_call(
-    sim: GeminiSimulator, workers: Any, make_client: Any, caller: Any, redis_url: str, ns: str
-) -> tuple[Any, Any, Timeline, Any, list[Any]]:
-    """Two workers, a Gemini session and a caller talking; returns once the model answered."""
-    pair = await start_pair(workers, sim, VOICEGRID_GEMINI_URL=sim.url)
-    client = make_client(provider="gemini", model=MODEL)
-    timeline = Timeline(client)
-    await client.connect(CONFIG)
-    owner_id = await owner_of(redis_url, ns, client.session_id)
-    owner = next(w for w in pair if w.worker_id == owner_id)
-    call = caller(client, frame_bytes=GEMINI_FRAME_BYTES)
-    call.start()
-    await timeline.wait("audio", within=15)  # the model answered the first turn
-    return client, owner, timeline, call, pair
-
-
 async def latest_handle_saved(sim: GeminiSimulator, redis_url: str, ns: str, sid: str) -> str:
     """Wait until the owner saved the newest handle the simulator issued; return it."""
     redis = Redis.from_url(redis_url)
@@ -82,11 +65,28 @@ async def latest_handle_saved(sim: GeminiSimulator, redis_url: str, ns: str, sid
         await redis.aclose()
 
 
+async def start_gemini_call(
+    sim: GeminiSimulator, workers: Any, make_client: Any, caller: Any, redis_url: str, ns: str
+) -> tuple[Any, Any, Timeline, Any, list[Any]]:
+    return await start_call(
+        sim,
+        workers,
+        make_client,
+        caller,
+        redis_url,
+        ns,
+        CONFIG,
+        client_options={"provider": "gemini", "model": MODEL},
+        frame_bytes=GEMINI_FRAME_BYTES,
+        VOICEGRID_GEMINI_URL=sim.url,
+    )
+
+
 async def test_sigkill_of_the_owner_mid_call_resumes_the_gemini_session(
     workers: Any, make_client: Any, caller: Any, frames: Any, redis_url: str, namespace: str
 ) -> None:
     async with GeminiSimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        client, owner, timeline, call, pair = await start_call(
+        client, owner, timeline, call, pair = await start_gemini_call(
             sim, workers, make_client, caller, redis_url, namespace
         )
         handle = await latest_handle_saved(sim, redis_url, namespace, client.session_id)
@@ -135,7 +135,7 @@ async def test_sigterm_hands_the_gemini_session_over_with_its_handle(
     workers: Any, make_client: Any, caller: Any, frames: Any, redis_url: str, namespace: str
 ) -> None:
     async with GeminiSimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        client, owner, timeline, call, _ = await start_call(
+        client, owner, timeline, call, _ = await start_gemini_call(
             sim, workers, make_client, caller, redis_url, namespace
         )
         termed_at = time.monotonic()

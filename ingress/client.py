@@ -76,7 +76,7 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
-from worker.io import PumpConnection
+from worker.io import InputReader, PumpConnection, RedisHealth
 from worker.jobs import enqueue_session, open_redis
 from worker.metrics import AUDIO_FRAMES_DROPPED, REDIS_COMMAND_LATENCY
 from worker.settings import redact_url
@@ -99,7 +99,6 @@ _REDIS_ERRORS: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     OSError,
 )
-_READ_ERRORS: tuple[type[BaseException], ...] = (*_REDIS_ERRORS, ResponseError)
 
 
 class IngressHub:
@@ -109,9 +108,8 @@ class IngressHub:
         self.redis = redis
         self.keys = keys
         self._owns_redis = owns_redis
-        self._wake_key = keys.wake(uuid.uuid4().hex)
-        self._wake_cursor = b"0-0"
-        self._subs: dict[bytes, tuple[bytes, RedisRealtimeClient]] = {}
+        # the same multiplexed reader the worker uses for its input streams, over output streams
+        self._reader = InputReader(redis, keys, RedisHealth(), count=500)
         self._dirty: dict[RedisRealtimeClient, None] = {}
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,7 +123,7 @@ class IngressHub:
             loop = asyncio.get_running_loop()
             self._tasks = [
                 loop.create_task(self._write_loop(), name="voicegrid-ingress-writer"),
-                loop.create_task(self._read_loop(), name="voicegrid-ingress-reader"),
+                loop.create_task(self._reader.run(), name="voicegrid-ingress-reader"),
             ]
 
     async def release(self) -> None:
@@ -146,56 +144,10 @@ class IngressHub:
     # --- reading -------------------------------------------------------------------------------
 
     async def follow(self, stream: str, after: str, client: RedisRealtimeClient) -> None:
-        self._subs[stream.encode()] = (after.encode(), client)
-        await self._wake()
+        await self._reader.add(stream, after=after, consumer=client._on_output)
 
     def unfollow(self, stream: str) -> None:
-        self._subs.pop(stream.encode(), None)
-
-    async def _wake(self) -> None:
-        with contextlib.suppress(*_REDIS_ERRORS):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"w": b"1"}, maxlen=1, approximate=False)
-                pipe.pexpire(self._wake_key, 60_000)
-                await pipe.execute()
-
-    async def _read_loop(self) -> None:
-        reads = PumpConnection(self.redis)
-        try:
-            await self._wake()
-            await self._read_rounds(reads)
-        finally:
-            await reads.close()
-
-    async def _read_rounds(self, reads: PumpConnection) -> None:
-        delay = 0.05
-        wake = self._wake_key.encode()
-        while True:
-            streams = {wake: self._wake_cursor}
-            for key, (cursor, _) in self._subs.items():
-                streams[key] = cursor
-            try:
-                reply = await reads.xread(streams, count=500, block_ms=1000)
-            except _READ_ERRORS as exc:
-                log.warning("ingress read failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                continue
-            delay = 0.05
-            for stream, entries in reply:
-                if not entries:
-                    continue
-                if stream == wake:
-                    self._wake_cursor = entries[-1][0]
-                    continue
-                sub = self._subs.get(stream)
-                if sub is None:
-                    continue
-                self._subs[stream] = (entries[-1][0], sub[1])
-                try:
-                    sub[1]._on_output(entries)
-                except Exception:
-                    log.exception("ingress dispatch failed; entries skipped")
+        self._reader.remove(stream)
 
     # --- writing -------------------------------------------------------------------------------
 

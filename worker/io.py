@@ -180,7 +180,8 @@ class _Subscription:
 
 
 class InputReader:
-    """One blocking ``XREAD`` over every owned session's input stream."""
+    """One blocking ``XREAD`` over many streams (a worker's input streams, an ingress's output
+    streams), each delivered to its consumer; a private wake stream lets ``add`` interrupt it."""
 
     def __init__(
         self,

@@ -579,7 +579,7 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
             )
         except InvalidStatus as exc:
             response = exc.response
-            raise self._classify_status(response.status_code, response.body or b"") from exc
+            raise self._classify_status(response.status_code, bytes(response.body or b"")) from exc
         except InvalidURI as exc:
             raise ConfigError(
                 f"provider URL {display!r} is not a valid WebSocket URL; expected ws:// or wss://"

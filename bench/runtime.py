@@ -73,7 +73,7 @@ from protocol import (
 )
 from providers import create_client
 from providers.simulator.model import reply_audio_ms
-from worker.settings import redact_url
+from redisio.settings import redact_url
 
 __all__ = ["Targets", "run", "run_async"]
 
@@ -153,7 +153,7 @@ def _voicegrid(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "voicegrid"
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-m", "worker.cli", *args]
+    return [sys.executable, "-m", "voicegrid.cli", *args]
 
 
 class _Child:
@@ -768,7 +768,7 @@ async def _distributed(
     warmup_s: float,
     logs: Path,
 ) -> dict[str, Any]:
-    from worker.jobs import open_redis
+    from redisio.connection import open_redis
 
     me = os.getpid()
     namespace = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -26,13 +26,12 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from protocol import (
     ConfigError,
@@ -76,10 +75,11 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
-from worker.io import InputReader, PumpConnection, RedisHealth
-from worker.jobs import enqueue_session, open_redis
-from worker.metrics import AUDIO_FRAMES_DROPPED, REDIS_COMMAND_LATENCY
-from worker.settings import redact_url
+from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.jobs import enqueue_session
+from redisio.metrics import AUDIO_FRAMES_DROPPED
+from redisio.pumps import PipelineWriter, StreamReader
+from redisio.settings import redact_url
 
 __all__ = ["ACK_TIMEOUT_S", "INGRESS_BUFFER_S", "IngressHub", "RedisRealtimeClient"]
 
@@ -94,12 +94,6 @@ INGRESS_BUFFER_S = 5.0
 #: Options that stay on the worker: credentials and endpoints are the worker's configuration.
 _WORKER_ONLY_OPTIONS = frozenset({"api_key", "url"})
 
-_REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,
-)
-
 
 class IngressHub:
     """One coalescing writer and one multiplexed reader shared by a process's clients."""
@@ -109,9 +103,8 @@ class IngressHub:
         self.keys = keys
         self._owns_redis = owns_redis
         # the same multiplexed reader the worker uses for its input streams, over output streams
-        self._reader = InputReader(redis, keys, RedisHealth(), count=500)
-        self._dirty: dict[RedisRealtimeClient, None] = {}
-        self._wakeup = asyncio.Event()
+        self._reader = StreamReader(redis, keys, RedisHealth(), count=500)
+        self._writer = IngressWriter(redis, self._reader.health)
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
 
@@ -122,7 +115,7 @@ class IngressHub:
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [
-                loop.create_task(self._write_loop(), name="voicegrid-ingress-writer"),
+                loop.create_task(self._writer.run(), name="voicegrid-ingress-writer"),
                 loop.create_task(self._reader.run(), name="voicegrid-ingress-reader"),
             ]
 
@@ -152,57 +145,43 @@ class IngressHub:
     # --- writing -------------------------------------------------------------------------------
 
     def mark(self, client: RedisRealtimeClient) -> None:
-        self._dirty[client] = None
-        self._wakeup.set()
+        self._writer.mark(client)
 
-    async def _write_loop(self) -> None:
-        conn = PumpConnection(self.redis)
-        try:
-            await self._write_rounds(conn)
-        finally:
-            await conn.close()
 
-    async def _write_rounds(self, conn: PumpConnection) -> None:
-        delay = 0.05
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            clients = list(self._dirty)
-            self._dirty.clear()
-            batches = [(c, c._take_pending()) for c in clients]
-            batches = [(c, b) for c, b in batches if b]
-            if not batches:
+class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
+    """The ingress's writer: every entry a client queued since the last round becomes one
+    ``XADD`` to its session's input stream, in the order it was queued; a command's future gets
+    its entry id (or the error Redis answered)."""
+
+    latency_label = "ingress_write"
+
+    def _take(self, source: RedisRealtimeClient) -> list[_Pending] | None:
+        return source._take_pending() or None
+
+    def _restore(self, source: RedisRealtimeClient, batch: list[_Pending]) -> None:
+        source._restore_pending(batch)
+
+    def _commands(
+        self, source: RedisRealtimeClient, batch: list[_Pending]
+    ) -> list[tuple[Any, ...]]:
+        head = ("XADD", source._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
+        return [(*head, *itertools.chain.from_iterable(fields.items())) for fields, _ in batch]
+
+    async def _settle(
+        self,
+        source: RedisRealtimeClient,
+        batch: list[_Pending],
+        replies: Sequence[Any],
+        done: float,
+    ) -> bool:
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future is None or future.done():
                 continue
-            commands: list[tuple[Any, ...]] = []
-            for client, batch in batches:
-                head = ("XADD", client._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
-                for fields, _ in batch:
-                    commands.append((*head, *itertools.chain.from_iterable(fields.items())))
-            started = time.perf_counter()
-            try:
-                replies = await conn.pipeline(commands)
-            except _REDIS_ERRORS as exc:
-                log.warning("ingress write failed (%s); retrying", type(exc).__name__)
-                for client, batch in batches:
-                    client._restore_pending(batch)
-                    self._dirty[client] = None
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                self._wakeup.set()
-                continue
-            delay = 0.05
-            REDIS_COMMAND_LATENCY.labels("ingress_write").observe(time.perf_counter() - started)
-            index = 0
-            for _, batch in batches:
-                for _, future in batch:
-                    reply = replies[index]
-                    index += 1
-                    if future is None or future.done():
-                        continue
-                    if isinstance(reply, BaseException):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
+        return False
 
 
 _HUBS: dict[tuple[int, int | str, str], IngressHub] = {}
@@ -387,13 +366,13 @@ class RedisRealtimeClient(RealtimeAudioClient):
                 pipe.zadd(self._keys_layout.live, {keys.session_id: _deadline_ms()})
                 await pipe.execute()
             await enqueue_session(hub.redis, self._keys_layout, keys.session_id, 1)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise _redis_failure(exc, self.redis_url) from exc
 
     async def _abandon(self, hub: IngressHub, keys: SessionKeys) -> None:
         """A connect that failed or timed out: close the session so no worker runs it later."""
         hub.unfollow(keys.output)
-        with contextlib.suppress(*_REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
             async with hub.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(keys.state, StateField.STATUS, "closed")
                 for key in (keys.state, keys.input, keys.output):
@@ -426,7 +405,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
             if start is None:
                 newest = await hub.redis.xrevrange(keys.output, count=1)
                 start = newest[0][0].decode() if newest else "0-0"
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             await self._close_hub()
             raise _redis_failure(exc, self.redis_url) from exc
         if not raw:
@@ -475,7 +454,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
                 # nobody else awaits this one: retrieve its outcome so none is reported as lost
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
                 self._pending[-1] = (fields, future)
-            with contextlib.suppress(TimeoutError, *_REDIS_ERRORS, ResponseError):
+            with contextlib.suppress(TimeoutError, *REDIS_ERRORS, ResponseError):
                 await asyncio.wait_for(asyncio.shield(future), flush_timeout_s)
         await self._finish()
 
@@ -635,7 +614,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
             raise SessionTimeout(
                 f"session {self._session_id}: no answer to {command.type} within {timeout_s}s"
             ) from None
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise _redis_failure(exc, self.redis_url) from exc
 
     def _on_output(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:

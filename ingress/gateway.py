@@ -1,4 +1,4 @@
-"""The WebSocket gateway: voice sessions for callers that cannot talk to Redis (ARCHITECTURE §1).
+"""The WebSocket gateway: voice sessions for callers that cannot talk to Redis.
 
 ``voicegrid gateway`` serves ``/v1/sessions`` on port 8080 (``VOICEGRID_GATEWAY_PORT``) and
 ``/metrics``, ``/healthz``, ``/readyz`` on ``VOICEGRID_METRICS_PORT`` (9464). Each caller
@@ -26,7 +26,6 @@ restart") after what was queued for it, and sessions stay live for their next at
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -73,16 +72,14 @@ from protocol import (
 )
 from protocol.events import EVENT_NAMES
 from protocol.keys import Keys, validate_session_id
-from protocol.runloop import run_main, stop_on_signals
 from protocol.streams import decode_record, entry_id_key
 from providers.transport import NoDebugLogger
-from worker.http import HealthServer
-from worker.io import REDIS_ERRORS, RedisHealth
-from worker.jobs import open_redis
-from worker.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTED
-from worker.settings import WorkerSettings
+from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.http import HealthServer
+from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTED
 
 from .client import RedisRealtimeClient
+from .settings import GatewaySettings
 
 __all__ = [
     "CLOSE_ATTACHED_ELSEWHERE",
@@ -103,7 +100,6 @@ __all__ = [
     "Route",
     "parse_caller_message",
     "parse_route",
-    "run",
     "run_gateway",
 ]
 
@@ -808,7 +804,7 @@ class _Capacity:
 
 
 class _Probe:
-    """The gateway as ``worker.http.HealthServer`` reads it: ``sessions`` are the connections."""
+    """The gateway as ``redisio.http.HealthServer`` reads it: ``sessions`` are the connections."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -849,7 +845,7 @@ class Gateway:
 
     def __init__(
         self,
-        settings: WorkerSettings,
+        settings: GatewaySettings,
         *,
         host: str = "0.0.0.0",
         port: int | None = None,
@@ -1054,7 +1050,7 @@ class Gateway:
 
 
 async def run_gateway(
-    settings: WorkerSettings,
+    settings: GatewaySettings,
     *,
     stop_event: asyncio.Event,
     host: str = "0.0.0.0",
@@ -1075,21 +1071,3 @@ async def run_gateway(
         await gateway.drain()
     finally:
         await gateway.close()
-
-
-async def _main(settings: WorkerSettings, host: str, port: int | None) -> None:
-    stop = asyncio.Event()
-    stop_on_signals(stop, log)
-    await run_gateway(settings, stop_event=stop, host=host, port=port)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``voicegrid gateway`` (exit code 2: invalid configuration)."""
-    try:
-        settings = WorkerSettings.from_env()
-    except ConfigError as exc:
-        log.error("invalid configuration: %s", exc)
-        return 2
-    port: int | None = args.port
-    run_main(_main(settings, args.host, port))
-    return 0

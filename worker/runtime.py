@@ -1,8 +1,8 @@
 """The worker process: arq session jobs, the shared pumps, lease renewal, the reaper, drain.
 
 One :class:`WorkerRuntime` per worker process holds what all its sessions share: the Redis
-client, the multiplexed :class:`~worker.io.InputReader`, the coalescing
-:class:`~worker.io.OutputWriter`, the lease renewer, the cursor checkpointer, the reaper and
+client, the multiplexed :class:`~redisio.pumps.StreamReader`, the coalescing
+:class:`~redisio.pumps.OutputWriter`, the lease renewer, the cursor checkpointer, the reaper and
 the ``/metrics`` server. arq carries the session jobs:
 
 - A session job (``run_session(session_id, epoch)``, job id ``<ns>:session:<sid>:<epoch>``)
@@ -39,15 +39,15 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.worker import Worker, func
 from redis.exceptions import NoScriptError, ResponseError
 
+from protocol.backoff import Backoff
 from protocol.errors import InvalidSessionId, StreamEntryError
 from protocol.keys import Keys, validate_session_id
 from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, decode_record
-
-from .http import HealthServer
-from .io import REDIS_ERRORS, Backoff, InputReader, OutputWriter, RedisHealth
-from .jobs import JOB_NAME, enqueue_session, open_redis
-from .lease import LeaseScripts
-from .metrics import (
+from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.http import HealthServer
+from redisio.jobs import JOB_NAME, enqueue_session
+from redisio.lease import LeaseScripts
+from redisio.metrics import (
     HANDOFFS,
     REDIS_COMMAND_LATENCY,
     SESSIONS_ACTIVE,
@@ -57,6 +57,8 @@ from .metrics import (
     TAKEOVERS,
     WORKER_DRAINING,
 )
+from redisio.pumps import OutputWriter, StreamReader
+
 from .session import Phase, SessionRunner
 from .settings import WorkerSettings
 
@@ -91,7 +93,7 @@ class WorkerRuntime:
         self._own_redis = redis is None
         self.health = RedisHealth()
         self.scripts = LeaseScripts(self.redis)
-        self.reader = InputReader(self.redis, self.keys, self.health)
+        self.reader = StreamReader(self.redis, self.keys, self.health)
         self.writer = OutputWriter(self.redis, self.scripts, self.health, maxlen=OUTPUT_MAXLEN)
         self.sessions: dict[str, SessionRunner] = {}
         self.draining = False

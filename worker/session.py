@@ -24,7 +24,7 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel
@@ -66,11 +66,8 @@ from protocol.streams import (
     now_us,
 )
 from providers import create_client
-
-from .conversation import ConversationLog, replay_config
-from .io import WriteBatch
-from .lease import Lease, WriteMode
-from .metrics import (
+from redisio.lease import Lease, WriteMode
+from redisio.metrics import (
     AUDIO_SECONDS,
     FIRST_AUDIO_LATENCY,
     FRAMES,
@@ -81,9 +78,25 @@ from .metrics import (
     RESUMPTIONS,
     TOOL_CALL_ROUNDTRIP,
 )
+from redisio.pumps import OutputWriter, StreamReader, WriteBatch
 
-if TYPE_CHECKING:
-    from .runtime import WorkerRuntime
+from .conversation import ConversationLog, replay_config
+from .settings import WorkerSettings
+
+
+class SessionHost(Protocol):
+    """What a session needs from the worker process that runs it (``WorkerRuntime``)."""
+
+    settings: WorkerSettings
+    reader: StreamReader
+    writer: OutputWriter
+
+    def renew_soon(self) -> None:
+        """Renew the leases now (a session just learned something worth saving)."""
+
+    def released(self, runner: SessionRunner) -> None:
+        """``runner`` has ended; forget it."""
+
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -152,7 +165,7 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
 class SessionRunner:
     """Runs one session for one lease epoch on this worker (see the module docstring)."""
 
-    def __init__(self, runtime: WorkerRuntime, lease: Lease, record: SessionRecord) -> None:
+    def __init__(self, runtime: SessionHost, lease: Lease, record: SessionRecord) -> None:
         self.runtime = runtime
         self.lease = lease
         self.keys: SessionKeys = lease.keys

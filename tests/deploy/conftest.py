@@ -28,12 +28,12 @@ RULES_FILE = DEPLOY / "prometheus" / "voicegrid-rules.yml"
 ADAPTER_FILE = DEPLOY / "prometheus" / "prometheus-adapter.yaml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "voicegrid.json"
 
-# Prints the exposition of worker.metrics.REGISTRY after one sample of every metric it holds. It
+# Prints the exposition of redisio.metrics.REGISTRY after one sample of every metric it holds. It
 # runs in a subprocess so the samples never leak into the registry other tests assert on.
 _EXPOSITION_SCRIPT = """
 import sys
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
-from worker import metrics
+from redisio import metrics
 
 for value in vars(metrics).values():
     if not isinstance(value, (Counter, Gauge, Histogram)):

@@ -16,8 +16,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from worker.metrics import METRIC_NAMES
-from worker.settings import ENVIRONMENT
+from ingress.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT
+from redisio.metrics import METRIC_NAMES
+from worker.settings import ENVIRONMENT as WORKER_ENVIRONMENT
+
+#: every variable any process role reads
+ENVIRONMENT = {**WORKER_ENVIRONMENT, **GATEWAY_ENVIRONMENT}
 
 GRACE_MARGIN_S = 5.0
 ROLES = {"voicegrid-worker": "worker", "voicegrid-gateway": "gateway"}

@@ -1,6 +1,7 @@
 """docs/operations.md stays true to the code it documents.
 
-Every environment variable in ``worker.settings.ENVIRONMENT`` (read at test time, so a variable
+Every environment variable of the worker and the gateway (``worker.settings.ENVIRONMENT``,
+``ingress.settings.ENVIRONMENT``; read at test time, so a variable
 added later must be documented) has a row with its default; every repository path the guide
 names exists; the measured figures that ``make bench`` provides are marked as such.
 """
@@ -10,8 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ingress.settings import ENVIRONMENT as GATEWAY_ENVIRONMENT
 from protocol.streams import CLOSED_TTL_S, INPUT_MAXLEN, OUTPUT_MAXLEN
-from worker.settings import ENVIRONMENT
+from worker.settings import ENVIRONMENT as WORKER_ENVIRONMENT
+
+#: every variable any process role reads
+ENVIRONMENT = {**WORKER_ENVIRONMENT, **GATEWAY_ENVIRONMENT}
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"

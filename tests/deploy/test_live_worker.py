@@ -1,7 +1,7 @@
 """A real ``voicegrid worker`` process, run the way the worker Deployment runs it.
 
 The manifests' probe paths answer on ``VOICEGRID_METRICS_PORT``, the live ``/metrics`` passes
-``promtool check metrics`` and shows only names from ``worker.metrics``, and SIGTERM ends the
+``promtool check metrics`` and shows only names from ``redisio.metrics``, and SIGTERM ends the
 process (exit 0) well within the Deployment's ``terminationGracePeriodSeconds``. Needs a real
 Redis (``REDIS_URL``; CI provides one), hence the integration marker.
 """
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from worker.metrics import METRIC_NAMES
+from redisio.metrics import METRIC_NAMES
 
 pytestmark = pytest.mark.integration
 

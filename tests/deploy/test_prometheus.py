@@ -2,7 +2,7 @@
 
 promtool checks the rule file's syntax, runs its unit tests (deploy/prometheus/*.test.yml) and
 lints the worker registry's exposition. The rest checks that every series name the rules, the
-autoscaler and the dashboard read is one the worker exports (worker.metrics.METRIC_NAMES) or one
+autoscaler and the dashboard read is one the worker exports (redisio.metrics.METRIC_NAMES) or one
 our own recording rules define, and that thresholds sit on the SLO constants and buckets.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from worker.metrics import FIRST_AUDIO_SLO_S, LATENCY_SLO_S, METRIC_NAMES
+from redisio.metrics import FIRST_AUDIO_SLO_S, LATENCY_SLO_S, METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"

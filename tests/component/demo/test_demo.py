@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.cli import build_parser
-from worker.demo import _main, caller_audio, run
+from voicegrid.cli import build_parser
+from voicegrid.demo import _main, caller_audio, run
 
 
 def demo_args(tmp_path: Path, *extra: str) -> argparse.Namespace:

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ingress.gateway import Gateway
-from worker.settings import WorkerSettings
+from ingress.settings import GatewaySettings
 
 from ..runtime.conftest import (  # noqa: F401 - fixtures are found by name
     FAKE_CLIENTS,
@@ -72,7 +72,14 @@ async def start_gateway(
 
     async def start(**options: Any) -> RunningGateway:
         changes = {k: options.pop(k) for k in list(options) if k.startswith("gateway_")}
-        settings: WorkerSettings = worker_settings(**changes)
+        base = worker_settings()
+        settings = GatewaySettings(
+            redis_url=base.redis_url,
+            namespace=base.namespace,
+            metrics_port=0,
+            drain_timeout_s=base.drain_timeout_s,
+            **changes,
+        )
         gateway = Gateway(settings, host="127.0.0.1", port=0, redis=make_redis(), **options)
         stop = asyncio.Event()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.metrics import REGISTRY
+from redisio.metrics import REGISTRY
 
 from .conftest import frame
 

@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from worker.metrics import REGISTRY
+from redisio.metrics import REGISTRY
 
 from .conftest import TIME_SCALE, frame
 

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from worker.settings import GATEWAY_MAX_CONNECTIONS
+from ingress.settings import GATEWAY_MAX_CONNECTIONS
 
 from .conftest import TIME_SCALE
 
@@ -63,7 +63,7 @@ async def test_the_gateway_process_serves_probes_and_drains_on_sigterm(redis_url
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "worker.cli", "gateway", "--host", "127.0.0.1"),
+        *("-m", "voicegrid.cli", "gateway", "--host", "127.0.0.1"),
         cwd=REPO,
         env=env,
         stdout=asyncio.subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ingress.gateway import MAX_MESSAGE_BYTES, Rejected, parse_caller_message, parse_route
-from worker.metrics import REGISTRY
+from redisio.metrics import REGISTRY
 
 from .conftest import TIME_SCALE, frame
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from protocol import ErrorEvent, RealtimeSessionConfig, RealtimeToolResponse
 from protocol.keys import Keys
-from worker.metrics import REGISTRY
+from redisio.metrics import REGISTRY
 
 CONFIG = RealtimeSessionConfig(instructions="help")
 KEYS = Keys("vgtest")

@@ -26,7 +26,7 @@ async def test_simulate_serves_until_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "voicegrid.cli",
         "simulate",
         "--protocol",
         "openai",

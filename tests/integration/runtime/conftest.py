@@ -40,7 +40,7 @@ def voicegrid_command() -> list[str]:
     return (
         [str(script), "worker"]
         if script.exists()
-        else [sys.executable, "-m", "worker.cli", "worker"]
+        else [sys.executable, "-m", "voicegrid.cli", "worker"]
     )
 
 

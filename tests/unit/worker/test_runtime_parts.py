@@ -10,11 +10,12 @@ import redis.asyncio
 
 from protocol import RealtimeSessionConfig
 from protocol.errors import ConfigError
+from redisio.connection import open_redis
+from redisio.http import HealthServer
+from redisio.lease import Lease
+from redisio.settings import redact_url
 from worker.conversation import MAX_ITEMS, MAX_TEXT_BYTES, ConversationLog, replay_config
-from worker.http import HealthServer
-from worker.jobs import open_redis
-from worker.lease import Lease
-from worker.settings import WorkerSettings, redact_url
+from worker.settings import WorkerSettings
 
 
 def test_conversation_is_bounded_and_replayed_into_the_instructions() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from protocol.errors import ConfigError
 from providers.simulator import OpenAISimulator
-from providers.simulator.cli import build_simulator, run, script_from_env
+from voicegrid.simulate import build_simulator, run, script_from_env
 
 
 def test_environment_overrides_the_script() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ DEFAULT_MODELS = {
 }
 API_KEY_VARS = {"openai": "OPENAI_API_KEY", "gemini": "GEMINI_API_KEY"}
 FRAME_MS = 20
-FAST_FACTOR = 10  # --fast plays the caller ten times faster than real time
+FAST_FACTOR = 10  # --fast plays the caller and the simulated model ten times faster
 CALLER_FORMAT = AudioFormat(encoding="pcm16", sample_rate=16000)
 REPLY_FORMAT = AudioFormat(encoding="pcm16", sample_rate=24000)
 
@@ -375,8 +374,7 @@ async def _main(args: argparse.Namespace) -> int:
     audio = caller_audio(args.wav)
     mode = "live" if args.live else "simulated"
     print(f"voicegrid demo: {mode} {provider} call, model {model}")
-    # --fast also lets the simulated model speak faster than real time
-    speed = 20.0 if args.fast else 1.0
+    speed = float(FAST_FACTOR) if args.fast else 1.0  # the simulated model keeps pace
     async with _provider_endpoint(provider, args.live, speed=speed) as (url, key):
         if args.in_process:
             print(f"  runtime: in-process {provider} client")
@@ -405,10 +403,8 @@ async def _main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``voicegrid demo``."""
-    if "VOICEGRID_LOG_LEVEL" not in os.environ:
-        # the timeline is the demo's output; component logs only when asked for
-        logging.getLogger().setLevel(logging.WARNING)
+    """Entry point of ``voicegrid demo`` (the timeline is its output; component logs go to
+    stderr at WARNING unless ``VOICEGRID_LOG_LEVEL`` says otherwise)."""
     try:
         return asyncio.run(_main(args))
     except VoicegridError as exc:

@@ -1,4 +1,4 @@
-"""``worker.resp``: the fast packer sends exactly the bytes redis-py's packer sends."""
+"""``redisio.resp``: the fast packer sends exactly the bytes redis-py's packer sends."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 
-from worker.jobs import open_redis
-from worker.resp import FastPackMixin, fast_packing
+from redisio.connection import open_redis
+from redisio.resp import FastPackMixin, fast_packing
 
 FastConnection = fast_packing(Connection)
 
@@ -69,6 +69,6 @@ def test_every_connection_kind_keeps_its_transport() -> None:
 
 def test_the_c_packer_is_in_use() -> None:
     """hiredis is a declared dependency; without it every command would take the slow path."""
-    from worker import resp
+    from redisio import resp
 
     assert resp._PACKER is not None

@@ -1,4 +1,4 @@
-"""The pumps' kept connection (``worker.io.PumpConnection``) against fakeredis and redis-py."""
+"""The pumps' kept connection (``redisio.pumps.PumpConnection``) against fakeredis and redis-py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fakeredis.aioredis import FakeRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from worker.io import PumpConnection, _stream_reply
+from redisio.connection import PumpConnection, _stream_reply
 
 
 async def test_xread_matches_redis_py_and_keeps_one_connection() -> None:

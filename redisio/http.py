@@ -1,6 +1,6 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on ``VOICEGRID_METRICS_PORT`` (ARCHITECTURE §5).
 
-- ``/metrics``: the Prometheus text format of ``worker.metrics.REGISTRY``.
+- ``/metrics``: the Prometheus text format of ``redisio.metrics.REGISTRY``.
 - ``/healthz``: 200 while the process is alive and its event loop responsive (the heartbeat task
   ticked within the last few seconds), else 503. Kubernetes restarts the pod on failure.
 - ``/readyz``: 200 while Redis is reachable, the worker is not draining and it has capacity
@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .metrics import REGISTRY
 
 if TYPE_CHECKING:
-    from .io import RedisHealth
+    from .connection import RedisHealth
 
 __all__ = ["LOOP_STALL_S", "HealthServer", "Probed"]
 

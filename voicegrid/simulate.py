@@ -1,8 +1,8 @@
 """``voicegrid simulate``: serve a provider simulator on a local port until SIGINT/SIGTERM.
 
 ``voicegrid simulate --protocol openai --host 127.0.0.1 --port 8765`` serves the OpenAI Realtime
-GA protocol at ``ws://HOST:PORT/v1/realtime``; ``--protocol gemini`` serves Gemini Live (when
-the Gemini front-end is installed). The scripted model uses :class:`SimScript` defaults, which
+GA protocol at ``ws://HOST:PORT/v1/realtime``; ``--protocol gemini`` serves Gemini Live. The
+scripted model uses :class:`SimScript` defaults, which
 ``VOICEGRID_SIM_*`` environment variables override (see :func:`script_from_env`). Frames are not
 recorded (``record=False``), so a long-running simulator keeps flat memory.
 """
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import math
 import os
 import sys
 
-from protocol.errors import ConfigError
-from protocol.runloop import run_main, stop_on_signals
+import orjson
 
-from .base import BaseSimulator
-from .model import SimScript
+from protocol.errors import ConfigError
+from providers.simulator import BaseSimulator, GeminiSimulator, OpenAISimulator, SimScript
+
+from .runloop import run_main, stop_on_signals
 
 __all__ = ["build_simulator", "run", "script_from_env"]
 
@@ -66,23 +66,9 @@ def script_from_env(environ: dict[str, str] | None = None) -> SimScript:
 def build_simulator(protocol: str, host: str, port: int, script: SimScript) -> BaseSimulator:
     """The simulator for ``protocol`` (``openai`` or ``gemini``); raises ``ConfigError``."""
     if protocol == "openai":
-        from .openai import OpenAISimulator
-
         return OpenAISimulator(script, host=host, port=port, record=False)
     if protocol == "gemini":
-        try:
-            gemini = importlib.import_module(".gemini", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.gemini":
-                raise
-            raise ConfigError(
-                "the Gemini simulator is not available in this build "
-                "(providers/simulator/gemini.py is missing); use --protocol openai"
-            ) from exc
-        simulator: BaseSimulator = gemini.GeminiSimulator(
-            script, host=host, port=port, record=False
-        )
-        return simulator
+        return GeminiSimulator(script, host=host, port=port, record=False)
     raise ConfigError(f"unknown simulator protocol {protocol!r}; expected 'openai' or 'gemini'")
 
 
@@ -90,7 +76,13 @@ async def _serve(simulator: BaseSimulator) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop, logger)
     async with simulator:
-        print(f"{type(simulator).__name__} listening on {simulator.url}", flush=True)
+        # the readiness line on stdout (scripts wait for it): JSON when the logs are JSON
+        name = type(simulator).__name__
+        if os.environ.get("VOICEGRID_LOG_FORMAT", "text").strip().lower() == "json":
+            line = orjson.dumps({"message": f"{name} listening", "url": simulator.url}).decode()
+        else:
+            line = f"{name} listening on {simulator.url}"
+        print(line, flush=True)
         await stop.wait()
         logger.info("stopping simulator")
 

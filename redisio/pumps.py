@@ -1,0 +1,363 @@
+"""The Redis pumps every role builds on: one multiplexed reader, one coalescing pipelined writer.
+
+- :class:`StreamReader` issues one blocking ``XREAD`` over many streams (a worker's input streams,
+  an ingress's output streams) plus a private wake-up stream, so a stream added meanwhile joins the
+  read at once, and hands each consumer its entries in stream order. One reader per process
+  instead of one blocking connection per session: redis-py costs 45-70 µs of client CPU per
+  command, so per-session reads saturate a process near 500 sessions.
+- :class:`PipelineWriter` collects what its sources produced since its last round trip and writes
+  it in one pipeline; under load a round trip carries many sessions' data, idle an item goes out at
+  once. On a connection error every batch goes back to its source and the round is retried after a
+  :class:`~protocol.backoff.Backoff`, so a Redis blip loses nothing. Subclasses say which commands
+  a batch becomes and what a reply means: :class:`OutputWriter` (the worker: one fenced
+  ``EVALSHA`` per session, :mod:`redisio.lease`) and the ingress's writer (``XADD`` per entry).
+
+Each pump keeps one connection of the client's pool for itself (:class:`PumpConnection`).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from protocol.backoff import Backoff
+from protocol.keys import Keys
+
+from .connection import REDIS_ERRORS, Entries, PumpConnection, RedisHealth
+from .lease import Lease, LeaseScripts, WriteMode
+from .metrics import PROVIDER_TO_OUTPUT_LATENCY, REDIS_COMMAND_LATENCY
+
+__all__ = [
+    "OutputWriter",
+    "PipelineWriter",
+    "StreamReader",
+    "WriteBatch",
+    "WriteSource",
+]
+
+log = logging.getLogger("voicegrid.redisio.pumps")
+
+Source = TypeVar("Source")
+Batch = TypeVar("Batch")
+
+
+@dataclasses.dataclass(slots=True)
+class _Subscription:
+    cursor: bytes
+    consumer: Callable[[Entries], None]
+
+
+class StreamReader:
+    """One blocking ``XREAD`` over many streams (a worker's input streams, an ingress's output
+    streams), each delivered to its consumer; a private wake stream lets ``add`` interrupt it."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        health: RedisHealth,
+        *,
+        count: int = 200,
+        block_ms: int = 1000,
+    ) -> None:
+        self.redis = redis
+        self.health = health
+        self.count = count
+        self.block_ms = block_ms
+        self.wake_key = keys.wake(uuid.uuid4().hex)
+        self._wake_cursor = b"0-0"
+        self._subs: dict[bytes, _Subscription] = {}
+        self._reads = PumpConnection(redis)
+
+    async def add(self, stream: str, *, after: str, consumer: Callable[[Entries], None]) -> None:
+        """Start delivering entries of ``stream`` after id ``after`` to ``consumer``."""
+        self._subs[stream.encode()] = _Subscription(after.encode(), consumer)
+        await self._wake()
+
+    def remove(self, stream: str) -> None:
+        """Stop delivering ``stream`` (takes effect at the next read at the latest)."""
+        self._subs.pop(stream.encode(), None)
+
+    async def _wake(self) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, {"w": b"1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self.wake_key, 60_000)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            # the read loop retries on its own; the new stream joins at its next read
+            self.health.failed(exc)
+
+    async def run(self) -> None:
+        """Read until cancelled."""
+        backoff = Backoff()
+        # start the wake cursor at a concrete id so a wake-up between two reads is not missed
+        await self._wake()
+        try:
+            await self._read_loop(backoff)
+        finally:
+            await self._reads.close()
+
+    async def _read_loop(self, backoff: Backoff) -> None:
+        wake = self.wake_key.encode()
+        while True:
+            streams = {wake: self._wake_cursor}
+            for key, sub in self._subs.items():
+                streams[key] = sub.cursor
+            try:
+                reply = await self._reads.xread(streams, count=self.count, block_ms=self.block_ms)
+            except REDIS_ERRORS as exc:
+                self.health.failed(exc)
+                log.warning("stream read failed (%s); retrying", type(exc).__name__)
+                await backoff.wait()
+                continue
+            except ResponseError as exc:
+                log.error("stream read rejected by Redis: %s", exc)
+                await backoff.wait()
+                continue
+            backoff.reset()
+            self.health.ok()
+            for stream, entries in reply:
+                if not entries:
+                    continue
+                if stream == wake:
+                    self._wake_cursor = entries[-1][0]
+                    continue
+                subscription = self._subs.get(stream)
+                if subscription is None:
+                    continue
+                subscription.cursor = entries[-1][0]
+                try:
+                    subscription.consumer(entries)
+                except Exception:
+                    log.exception("session consumer failed on %d entries; skipped", len(entries))
+
+
+class PipelineWriter(abc.ABC, Generic[Source, Batch]):
+    """Coalesces what many sources produced into one pipelined round trip at a time.
+
+    A source calls :meth:`mark` when it has something to write; the writer takes its batch
+    (:meth:`_take`) at the next round. Subclasses implement :meth:`_take`, :meth:`_restore`,
+    :meth:`_commands` and :meth:`_settle`.
+    """
+
+    #: the ``REDIS_COMMAND_LATENCY`` label of this writer's round trips
+    latency_label = "write"
+
+    def __init__(self, redis: Redis, health: RedisHealth) -> None:
+        self.redis = redis
+        self.health = health
+        self._dirty: dict[Source, None] = {}
+        self._wakeup = asyncio.Event()
+        self._round = asyncio.Condition()
+        self._in_flight: set[Source] = set()
+        self._conn = PumpConnection(redis)
+
+    # --- what a subclass says -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _take(self, source: Source) -> Batch | None:
+        """Everything ``source`` has to write now, or None."""
+
+    @abc.abstractmethod
+    def _restore(self, source: Source, batch: Batch) -> None:
+        """Give an unwritten ``batch`` back to ``source`` (ahead of anything newer)."""
+
+    @abc.abstractmethod
+    def _commands(self, source: Source, batch: Batch) -> list[tuple[Any, ...]]:
+        """The Redis commands that write ``batch``."""
+
+    @abc.abstractmethod
+    async def _settle(
+        self, source: Source, batch: Batch, replies: Sequence[Any], done: float
+    ) -> bool:
+        """Act on the replies to ``batch``'s commands (a ``ResponseError`` where one failed);
+        True to write the batch again in the next round."""
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def mark(self, source: Source) -> None:
+        """``source`` has something to write; it is taken at the next round trip."""
+        self._dirty[source] = None
+        self._wakeup.set()
+
+    async def flush(self, source: Source, *, within_s: float) -> bool:
+        """Wait until everything ``source`` produced so far is written (or settled)."""
+
+        def settled() -> bool:
+            return source not in self._dirty and source not in self._in_flight
+
+        async with self._round:
+            try:
+                await asyncio.wait_for(self._round.wait_for(settled), within_s)
+            except TimeoutError:
+                return False
+        return True
+
+    async def run(self) -> None:
+        """Write until cancelled."""
+        try:
+            await self._rounds()
+        finally:
+            await self._conn.close()
+
+    async def _rounds(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            dirty = list(self._dirty)
+            self._dirty.clear()
+            work: list[tuple[Source, Batch]] = []
+            for source in dirty:
+                batch = self._take(source)
+                if batch is not None:
+                    work.append((source, batch))
+            if not work:
+                await self._notify()
+                continue
+            self._in_flight.update(s for s, _ in work)
+            try:
+                retry, failed = await self._write(work)
+            finally:
+                self._in_flight.clear()
+            for source, batch in retry:
+                self._restore(source, batch)
+                self._dirty[source] = None
+            if retry:
+                self._wakeup.set()
+            if not failed:
+                backoff.reset()
+            await self._notify()
+            if failed:
+                await backoff.wait()
+
+    async def _notify(self) -> None:
+        async with self._round:
+            self._round.notify_all()
+
+    async def _write(
+        self, work: list[tuple[Source, Batch]]
+    ) -> tuple[list[tuple[Source, Batch]], bool]:
+        """One pipelined round trip: (the batches to write again, whether Redis was unreachable)."""
+        commands: list[tuple[Any, ...]] = []
+        counts: list[int] = []
+        for source, batch in work:
+            batch_commands = self._commands(source, batch)
+            commands += batch_commands
+            counts.append(len(batch_commands))
+        started = time.perf_counter()
+        try:
+            replies = await self._conn.pipeline(commands)
+        except REDIS_ERRORS as exc:
+            # the pipeline may have been partly applied: a retry can duplicate a few entries
+            # (at-least-once on connection loss), never lose them
+            self.health.failed(exc)
+            log.warning("%s round failed (%s); retrying", self.latency_label, type(exc).__name__)
+            return work, True
+        done = time.perf_counter()
+        REDIS_COMMAND_LATENCY.labels(self.latency_label).observe(done - started)
+        self.health.ok()
+        retry: list[tuple[Source, Batch]] = []
+        index = 0
+        for (source, batch), count in zip(work, counts, strict=True):
+            if await self._settle(source, batch, replies[index : index + count], done):
+                retry.append((source, batch))
+            index += count
+        return retry, False
+
+
+@dataclasses.dataclass(slots=True)
+class WriteBatch:
+    """What one session hands the worker's writer for one round trip."""
+
+    entries: list[dict[str, Any]]
+    enqueued_at: list[float]
+    fields: dict[str, bytes]
+    mode: WriteMode = "keep"
+    close_ttl_s: float = 0.0
+
+
+class WriteSource(Protocol):
+    """A session as the worker's writer sees it."""
+
+    lease: Lease
+
+    def take_batch(self) -> WriteBatch | None: ...
+
+    def restore_batch(self, batch: WriteBatch) -> None: ...
+
+    def batch_written(self, batch: WriteBatch) -> None: ...
+
+    def batch_fenced(self) -> None: ...
+
+
+class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
+    """The worker's writer: per session and round one fenced ``EVALSHA`` that appends the
+    session's output entries in order and updates its record fields, or writes nothing when the
+    session's lease is no longer the writer's."""
+
+    latency_label = "write"
+
+    def __init__(
+        self, redis: Redis, scripts: LeaseScripts, health: RedisHealth, *, maxlen: int
+    ) -> None:
+        super().__init__(redis, health)
+        self.scripts = scripts
+        self.maxlen = maxlen
+
+    def _take(self, source: WriteSource) -> WriteBatch | None:
+        return source.take_batch()
+
+    def _restore(self, source: WriteSource, batch: WriteBatch) -> None:
+        source.restore_batch(batch)
+
+    def _commands(self, source: WriteSource, batch: WriteBatch) -> list[tuple[Any, ...]]:
+        pipe = _Commands()
+        self.scripts.queue_write(
+            pipe,
+            source.lease,
+            entries=batch.entries,
+            fields=batch.fields,
+            maxlen=self.maxlen,
+            mode=batch.mode,
+            close_ttl_s=batch.close_ttl_s,
+        )
+        return pipe.commands
+
+    async def _settle(
+        self, source: WriteSource, batch: WriteBatch, replies: Sequence[Any], done: float
+    ) -> bool:
+        (reply,) = replies
+        if isinstance(reply, NoScriptError):
+            await self.scripts.load()
+            return True
+        if isinstance(reply, BaseException):
+            log.error("output write for one session rejected by Redis: %s", reply)
+            source.batch_written(batch)
+        elif int(reply[0]) < 0:
+            source.batch_fenced()
+        else:
+            for queued_at in batch.enqueued_at:
+                PROVIDER_TO_OUTPUT_LATENCY.observe(done - queued_at)
+            source.batch_written(batch)
+        return False
+
+
+class _Commands:
+    """Collects the commands :meth:`LeaseScripts.queue_write` queues, for one round trip."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self.commands.append(("EVALSHA", *args))

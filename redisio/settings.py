@@ -1,0 +1,169 @@
+"""Configuration every voicegrid process reads from its environment (12-factor).
+
+Each role lists its variables with default and meaning in an environment table: the common ones
+here (:data:`COMMON_ENVIRONMENT`), the worker's in :mod:`worker.settings`, the gateway's in
+:mod:`ingress.settings`. ``voicegrid <role> --help`` prints the table; the operations guide and
+the Kubernetes ConfigMap are checked against it. A bad value raises ``ConfigError`` naming the
+variable, the value and the expected form. Secrets (API keys, tokens, the password inside
+``REDIS_URL``) are never logged: settings hide them from their ``repr`` and :func:`redact_url`
+removes passwords from URLs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import textwrap
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from protocol.errors import ConfigError
+from protocol.keys import validate_namespace
+
+__all__ = [
+    "COMMON_ENVIRONMENT",
+    "DRAIN_TIMEOUT_S",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "METRICS_PORT",
+    "CommonSettings",
+    "EnvTable",
+    "env_float",
+    "env_int",
+    "format_environment",
+    "redact_url",
+]
+
+#: Default seconds a SIGTERM'd process takes at most to hand its sessions over and exit.
+DRAIN_TIMEOUT_S = 20.0
+#: Default port of ``/metrics``, ``/healthz`` and ``/readyz``.
+METRICS_PORT = 9464
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+#: name -> (default, meaning). Secrets have default "" and say "secret" in the meaning.
+EnvTable = dict[str, tuple[str, str]]
+
+COMMON_ENVIRONMENT: EnvTable = {
+    "REDIS_URL": (
+        "redis://127.0.0.1:6379/0",
+        "Redis for session streams and the arq queue: redis:// or rediss:// (TLS), "
+        "optional user:password@ and /db number",
+    ),
+    "VOICEGRID_NAMESPACE": (
+        "voicegrid",
+        "prefix of every Redis key and of the arq queue, so deployments and test runs can "
+        "share one Redis (ingress and workers of one deployment must agree)",
+    ),
+    "VOICEGRID_METRICS_PORT": (str(METRICS_PORT), "port of /metrics, /healthz and /readyz"),
+    "VOICEGRID_LOG_LEVEL": ("INFO", "DEBUG, INFO, WARNING or ERROR"),
+    "VOICEGRID_LOG_FORMAT": ("text", "text, or json: one JSON object per line"),
+    "VOICEGRID_DRAIN_TIMEOUT_S": (
+        str(DRAIN_TIMEOUT_S),
+        "on SIGTERM: seconds to hand sessions (or callers) over before exiting",
+    ),
+}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _raw(env: Mapping[str, str], table: EnvTable, name: str) -> str:
+    return env.get(name, table[name][0]).strip()
+
+
+def env_int(env: Mapping[str, str], table: EnvTable, name: str, low: int, high: int) -> int:
+    """The integer ``name`` (default from ``table``) within ``low..high``."""
+    raw = _raw(env, table, name)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an integer; expected an integer in {low}..{high}"
+        ) from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; expected an integer in {low}..{high}")
+    return value
+
+
+def env_float(env: Mapping[str, str], table: EnvTable, name: str, low: float, high: float) -> float:
+    """The number ``name`` (default from ``table``) within ``low..high`` (never NaN)."""
+    raw = _raw(env, table, name)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise ConfigError(f"{name}={raw!r} is not a number; expected a number in {low}..{high}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; expected a number in {low}..{high}")
+    return value
+
+
+def format_environment(table: EnvTable) -> str:
+    """``table`` as the help text of a command: one variable per paragraph."""
+    lines = ["environment variables (default in brackets):"]
+    for name, (default, meaning) in table.items():
+        shown = "" if meaning.startswith("secret") else f" [{default or 'empty'}]"
+        lines.append(f"  {name}{shown}")
+        lines += textwrap.wrap(meaning, 94, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """What every process role reads: where Redis is, the key namespace, logging, the metrics
+    port and the drain budget."""
+
+    redis_url: str = dataclasses.field(repr=False)
+    namespace: str = "voicegrid"
+    metrics_port: int = METRICS_PORT
+    log_level: str = "INFO"
+    log_format: str = "text"
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+
+    @property
+    def redis_url_redacted(self) -> str:
+        return redact_url(self.redis_url)
+
+    @classmethod
+    def common_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        """The common fields, read and validated; a bad value raises ``ConfigError``."""
+        table = COMMON_ENVIRONMENT
+        redis_url = _raw(env, table, "REDIS_URL")
+        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError(
+                f"REDIS_URL={redact_url(redis_url)!r} has an unsupported scheme; expected "
+                "redis://host:port/db, rediss:// (TLS) or unix:///path"
+            )
+        log_format = _raw(env, table, "VOICEGRID_LOG_FORMAT").lower()
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"VOICEGRID_LOG_FORMAT={log_format!r}; expected text or json")
+        log_level = _raw(env, table, "VOICEGRID_LOG_LEVEL").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"VOICEGRID_LOG_LEVEL={log_level!r}; expected DEBUG, INFO, WARNING or ERROR"
+            )
+        return {
+            "redis_url": redis_url,
+            "namespace": validate_namespace(_raw(env, table, "VOICEGRID_NAMESPACE")),
+            "metrics_port": env_int(env, table, "VOICEGRID_METRICS_PORT", 0, 65535),
+            "log_level": log_level,
+            "log_format": log_format,
+            "drain_timeout_s": env_float(env, table, "VOICEGRID_DRAIN_TIMEOUT_S", 0.0, 3600.0),
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CommonSettings:
+        """Read and validate the environment; a bad value raises ``ConfigError`` naming it."""
+        return cls(**cls.common_from_env(os.environ if env is None else env))

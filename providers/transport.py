@@ -29,11 +29,11 @@ What the base does
   ``connect`` resolves, ``reconnecting`` / ``reconnected`` around every reconnect, ``closed``
   exactly once when the session ends (never during a reconnect).
 - **Reconnect** after an unexpected close or a send failure: up to ``reconnect_attempts`` tries
-  with exponential backoff and jitter (``backoff_initial_s`` doubling up to ``backoff_max_s``,
-  each delay scaled by a random factor in [0.5, 1.0]). The old socket is always closed before the
-  new handshake starts. A fatal error (``ProviderError.recoverable`` false, from the
-  classification hooks or from the subclass via ``_fail``) ends the session: ``error`` event
-  with ``recoverable=False``, then ``closed``; no retry loop.
+  with exponential backoff and full jitter (``protocol.backoff``: ``backoff_initial_s`` doubling
+  up to ``backoff_max_s``, each delay drawn uniformly below that). The old socket is always
+  closed before the new handshake starts. A fatal error (``ProviderError.recoverable`` false,
+  from the classification hooks or from the subclass via ``_fail``) ends the session: ``error``
+  event with ``recoverable=False``, then ``closed``; no retry loop.
 - **Recycle**: with ``recycle_after_s`` set, the connection is replaced the same way once that
   much time has passed *and* ``_is_idle()`` says the session is between turns (checked after
   every received message), so a provider's connection-time cap is never hit mid-turn.
@@ -99,7 +99,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -116,6 +115,7 @@ from websockets.exceptions import (
 )
 from websockets.protocol import State
 
+from protocol.backoff import Backoff
 from protocol.client import AudioSendBuffer, RealtimeAudioClient, SessionState
 from protocol.errors import (
     ConfigError,
@@ -749,10 +749,12 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
             self._reset_connection_state()
             opts = self._transport
             last: ProviderError | None = None
+            backoff = Backoff(
+                opts.backoff_initial_s, max(opts.backoff_initial_s, opts.backoff_max_s)
+            )
             for attempt in range(opts.reconnect_attempts):
                 if attempt or not planned:
-                    delay = min(opts.backoff_max_s, opts.backoff_initial_s * 2**attempt)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                    await backoff.wait()
                 if self.state is not SessionState.RECONNECTING:
                     return
                 try:

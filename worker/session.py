@@ -44,6 +44,7 @@ from protocol import (
     VoicegridError,
     parse_config,
 )
+from protocol.backoff import Backoff
 from protocol.errors import ConfigError, StreamEntryError, UsageError
 from protocol.events import EVENT_NAMES
 from protocol.keys import SessionKeys
@@ -270,6 +271,7 @@ class SessionRunner:
         if self.kind != "new":
             attempts = TAKEOVER_CONNECT_ATTEMPTS
             self._emit("reconnecting", ConnectionEvent(reason=self.kind))
+        backoff = Backoff(first=0.5, cap=2.0)
         for attempt in range(1, attempts + 1):
             if self.kind != "new":
                 if attempt > 1:
@@ -287,7 +289,7 @@ class SessionRunner:
                     attempt,
                     type(exc).__name__,
                 )
-                await asyncio.sleep(0.5 * attempt)
+                await backoff.wait()
         if self.phase is not Phase.STARTING:
             return  # fenced while connecting
         self._to(Phase.LIVE)

@@ -26,7 +26,6 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -79,7 +78,7 @@ from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
 from redisio.jobs import enqueue_session
 from redisio.metrics import AUDIO_FRAMES_DROPPED
 from redisio.pumps import PipelineWriter, StreamReader
-from redisio.settings import redact_url
+from redisio.settings import batch_linger_s, redact_url
 
 __all__ = ["ACK_TIMEOUT_S", "INGRESS_BUFFER_S", "IngressHub", "RedisRealtimeClient"]
 
@@ -103,8 +102,10 @@ class IngressHub:
         self.keys = keys
         self._owns_redis = owns_redis
         # the same multiplexed reader the worker uses for its input streams, over output streams
-        self._reader = StreamReader(redis, keys, RedisHealth(), count=500)
-        self._writer = IngressWriter(redis, self._reader.health)
+        # both pumps linger VOICEGRID_BATCH_LINGER_MS (default 5 ms), as a worker's do
+        linger = batch_linger_s()
+        self._reader = StreamReader(redis, keys, RedisHealth(), count=500, linger_s=linger)
+        self._writer = IngressWriter(redis, self._reader.health, linger_s=linger)
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
 
@@ -162,26 +163,29 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
         source._restore_pending(batch)
 
     def _commands(
-        self, source: RedisRealtimeClient, batch: list[_Pending]
+        self, work: list[tuple[RedisRealtimeClient, list[_Pending]]]
     ) -> list[tuple[Any, ...]]:
-        head = ("XADD", source._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
-        return [(*head, *itertools.chain.from_iterable(fields.items())) for fields, _ in batch]
+        commands: list[tuple[Any, ...]] = []
+        for source, batch in work:
+            head = ("XADD", source._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
+            commands += [(*head, *itertools.chain.from_iterable(f.items())) for f, _ in batch]
+        return commands
 
     async def _settle(
         self,
-        source: RedisRealtimeClient,
-        batch: list[_Pending],
-        replies: Sequence[Any],
+        work: list[tuple[RedisRealtimeClient, list[_Pending]]],
+        replies: list[Any],
         done: float,
-    ) -> bool:
-        for (_, future), reply in zip(batch, replies, strict=True):
+    ) -> list[tuple[RedisRealtimeClient, list[_Pending]]]:
+        pending = (item for _, batch in work for item in batch)
+        for (_, future), reply in zip(pending, replies, strict=True):
             if future is None or future.done():
                 continue
             if isinstance(reply, BaseException):
                 future.set_exception(reply)
             else:
                 future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
-        return False
+        return []
 
 
 _HUBS: dict[tuple[int, int | str, str], IngressHub] = {}

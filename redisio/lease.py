@@ -1,4 +1,4 @@
-"""Session ownership: a short lease with an epoch, and writes fenced by it (ARCHITECTURE §4.5).
+"""Session ownership: a short lease with an epoch, and writes fenced by it (docs/streams.md).
 
 The lease of a session is the key ``<ns>:{<sid>}:lease`` holding ``"<epoch>:<worker id>"`` (the
 *token*) with a PX time to live. Every write a worker makes for a session runs in a Lua script
@@ -9,10 +9,12 @@ atomic step in Redis, not a read followed by a write.
 - :data:`ACQUIRE` takes a free lease for epoch ``E`` only if the record's epoch is ``E - 1``, so
   exactly one job per epoch can own the session, however many were enqueued.
 - :data:`RENEW` extends the lease (and the idle expiry of the session's keys), fenced.
-- :data:`WRITE` appends output entries and updates record fields, fenced; it can also release
-  the lease (hand-off) or close the session (expire its keys).
+- :data:`WRITE` appends output entries and updates record fields of many sessions in one call,
+  each fenced by its own lease; it can also release a lease (hand-off) or close a session
+  (expire its keys).
 
-Every script touches only keys of one session (one hash tag), so it is legal on Redis Cluster.
+:data:`ACQUIRE` and :data:`RENEW` touch the keys of one session (one hash tag); :data:`WRITE`
+touches the keys of the sessions it is given.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -33,6 +36,7 @@ __all__ = [
     "WRITE",
     "Lease",
     "LeaseScripts",
+    "SessionWrite",
     "WriteMode",
 ]
 
@@ -58,29 +62,67 @@ if #ARGV > 3 then redis.call('HSET', KEYS[4], unpack(ARGV, 4, #ARGV)) end
 return 1
 """
 
-# KEYS: lease, output, state, input.
-# ARGV: token, output maxlen, mode (0 keep, -1 release the lease, >0 close: expire keys after
-# that many ms), n record pairs, the pairs, then per entry: n field pairs, the pairs.
-# Returns {-1, ''} when fenced, else {entries written, last entry id}.
+# Fenced writes of any number of sessions in one call (one script call per write round, not
+# one per session; on Redis Cluster the caller groups sessions by slot).
+# KEYS: per session i (from 0): lease, output, state, input at 4i+1 .. 4i+4.
+# ARGV[1]: output maxlen; ARGV[2]: the entries' schema version (field `v`); then per session:
+#   token, epoch, mode (0 keep, -1 release the lease, >0 close: expire keys after that many ms),
+#   npairs, span (ARGVs after this one that belong to the session), the record field/value
+#   pairs, then its entries, each either
+#     0, ts, data, rate, response id ('' if none)   an audio event (5 instead of 17 arguments)
+#     nf, then nf field/value pairs                  any other entry
+# Returns per session two items: entries written (-1 when fenced: nothing written), last id.
 WRITE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
-local npairs = tonumber(ARGV[4])
-if npairs > 0 then redis.call('HSET', KEYS[3], unpack(ARGV, 5, 4 + 2 * npairs)) end
-local i = 5 + 2 * npairs
-local n = 0
-local last = ''
-while i <= #ARGV do
-  local nf = tonumber(ARGV[i])
-  last = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 1, i + 2 * nf))
-  n = n + 1
-  i = i + 1 + 2 * nf
+local maxlen = ARGV[1]
+local version = ARGV[2]
+local out = {}
+local a = 3
+local s = 0
+while a <= #ARGV do
+  local token, epoch, mode = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local npairs, span = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local lease, output, state = KEYS[4 * s + 1], KEYS[4 * s + 2], KEYS[4 * s + 3]
+  local i = a + 5
+  local stop = i + span
+  if redis.call('GET', lease) ~= token then
+    out[#out + 1] = -1
+    out[#out + 1] = ''
+  else
+    if npairs > 0 then redis.call('HSET', state, unpack(ARGV, i, i + 2 * npairs - 1)) end
+    i = i + 2 * npairs
+    local n = 0
+    local last = ''
+    while i < stop do
+      local nf = tonumber(ARGV[i])
+      if nf == 0 then
+        if ARGV[i + 4] == '' then
+          last = redis.call('XADD', output, 'MAXLEN', '~', maxlen, '*', 'v', version,
+            'ts', ARGV[i + 1], 'ep', epoch, 'k', 'e', 'e', 'audio', 'd', ARGV[i + 2],
+            'sr', ARGV[i + 3])
+        else
+          last = redis.call('XADD', output, 'MAXLEN', '~', maxlen, '*', 'v', version,
+            'ts', ARGV[i + 1], 'ep', epoch, 'k', 'e', 'e', 'audio', 'd', ARGV[i + 2],
+            'sr', ARGV[i + 3], 'rid', ARGV[i + 4])
+        end
+        i = i + 5
+      else
+        last = redis.call('XADD', output, 'MAXLEN', '~', maxlen, '*',
+          unpack(ARGV, i + 1, i + 2 * nf))
+        i = i + 1 + 2 * nf
+      end
+      n = n + 1
+    end
+    if mode ~= 0 then redis.call('DEL', lease) end
+    if mode > 0 then
+      for k = 2, 4 do redis.call('PEXPIRE', KEYS[4 * s + k], mode) end
+    end
+    out[#out + 1] = n
+    out[#out + 1] = last
+  end
+  a = stop
+  s = s + 1
 end
-local mode = tonumber(ARGV[3])
-if mode ~= 0 then redis.call('DEL', KEYS[1]) end
-if mode > 0 then
-  for k = 2, 4 do redis.call('PEXPIRE', KEYS[k], mode) end
-end
-return {n, last}
+return out
 """
 
 #: What a fenced write does with the lease after writing.
@@ -171,26 +213,50 @@ class LeaseScripts:
     def queue_write(
         self,
         pipe: Any,
-        lease: Lease,
+        writes: Sequence[SessionWrite],
         *,
-        entries: list[dict[str, Any]],
-        fields: dict[str, bytes] | None = None,
         maxlen: int,
-        mode: WriteMode = "keep",
-        close_ttl_s: float = 0.0,
+        version: bytes,
     ) -> None:
-        """Queue a fenced write on ``pipe``: output ``entries`` appended, record ``fields`` set.
+        """Queue one fenced write of every session in ``writes`` on ``pipe``.
 
-        Its reply is ``[-1, b""]`` when fenced, else ``[entries written, last entry id]``.
+        Its reply holds two items per session, in order: ``-1, b""`` when that session was
+        fenced (nothing of it written), else the number of entries written and the last id.
         """
-        mode_arg = {"keep": 0, "release": -1}.get(mode, max(1, int(close_ttl_s * 1000)))
-        record = fields or {}
-        args: list[Any] = [lease.token, maxlen, mode_arg, len(record)]
-        for name, value in record.items():
-            args += [name, value]
-        for entry in entries:
-            args.append(len(entry))
-            for name, value in entry.items():
-                args += [name, value]
-        keys = lease.keys
-        pipe.evalsha(self.write_sha, 4, keys.lease, keys.output, keys.state, keys.input, *args)
+        keys: list[Any] = []
+        args: list[Any] = [maxlen, version]
+        for write in writes:
+            lease = write.lease
+            lk = lease.keys
+            keys += (lk.lease, lk.output, lk.state, lk.input)
+            mode = write.mode
+            if mode == "keep":
+                mode_arg = 0
+            elif mode == "release":
+                mode_arg = -1
+            else:
+                mode_arg = max(1, int(write.close_ttl_s * 1000))
+            body: list[Any] = []
+            for name, value in write.fields.items():
+                body += (name, value)
+            for entry in write.entries:
+                if entry.get("e") == "audio" and entry.get("k") == b"e":
+                    body += (0, entry["ts"], entry["d"], entry["sr"], entry.get("rid", b""))
+                else:
+                    body.append(len(entry))
+                    for name, value in entry.items():
+                        body += (name, value)
+            args += (lease.token, lease.epoch, mode_arg, len(write.fields), len(body))
+            args += body
+        pipe.evalsha(self.write_sha, len(keys), *keys, *args)
+
+
+@dataclasses.dataclass(slots=True)
+class SessionWrite:
+    """One session's part of a fenced write round."""
+
+    lease: Lease
+    entries: list[dict[str, Any]]
+    fields: dict[str, bytes]
+    mode: WriteMode = "keep"
+    close_ttl_s: float = 0.0

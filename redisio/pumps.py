@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
@@ -33,10 +33,12 @@ from protocol.backoff import Backoff
 from protocol.keys import Keys
 
 from .connection import REDIS_ERRORS, Entries, PumpConnection, RedisHealth
-from .lease import Lease, LeaseScripts, WriteMode
+from .lease import Lease, LeaseScripts, SessionWrite, WriteMode
 from .metrics import PROVIDER_TO_OUTPUT_LATENCY, REDIS_COMMAND_LATENCY
 
 __all__ = [
+    "DEFAULT_LINGER_S",
+    "WRITE_CHUNK",
     "OutputWriter",
     "PipelineWriter",
     "StreamReader",
@@ -45,6 +47,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("voicegrid.redisio.pumps")
+
+#: Default linger of both pumps (``VOICEGRID_BATCH_LINGER_MS``): the least time between the
+#: starts of two reads, or of two write rounds, while data keeps coming. Voice frames are 20 ms
+#: apart, so 5 ms batches a quarter of a frame period: at most 200 rounds a second per pump
+#: whatever the number of sessions, for at most 5 ms added per hop (docs/streams.md, measured in
+#: bench/README.md).
+DEFAULT_LINGER_S = 0.005
+#: Sessions per fenced write script call: one call holds Redis for about 10 µs per session, so
+#: a chunk keeps any single call near a millisecond.
+WRITE_CHUNK = 100
 
 Source = TypeVar("Source")
 Batch = TypeVar("Batch")
@@ -68,11 +80,13 @@ class StreamReader:
         *,
         count: int = 200,
         block_ms: int = 1000,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
         self.redis = redis
         self.health = health
         self.count = count
         self.block_ms = block_ms
+        self.linger_s = linger_s
         self.wake_key = keys.wake(uuid.uuid4().hex)
         self._wake_cursor = b"0-0"
         self._subs: dict[bytes, _Subscription] = {}
@@ -109,10 +123,19 @@ class StreamReader:
 
     async def _read_loop(self, backoff: Backoff) -> None:
         wake = self.wake_key.encode()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         while True:
+            # linger: the next read starts at least ``linger_s`` after the previous one did, so
+            # what arrives meanwhile comes back in one round; a read that blocked (idle) was
+            # started long ago, so the next one goes at once
+            pause = started + self.linger_s - clock()
+            if pause > 0:
+                await asyncio.sleep(pause)
             streams = {wake: self._wake_cursor}
             for key, sub in self._subs.items():
                 streams[key] = sub.cursor
+            started = clock()
             try:
                 reply = await self._reads.xread(streams, count=self.count, block_ms=self.block_ms)
             except REDIS_ERRORS as exc:
@@ -153,9 +176,12 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
     #: the ``REDIS_COMMAND_LATENCY`` label of this writer's round trips
     latency_label = "write"
 
-    def __init__(self, redis: Redis, health: RedisHealth) -> None:
+    def __init__(
+        self, redis: Redis, health: RedisHealth, *, linger_s: float = DEFAULT_LINGER_S
+    ) -> None:
         self.redis = redis
         self.health = health
+        self.linger_s = linger_s
         self._dirty: dict[Source, None] = {}
         self._wakeup = asyncio.Event()
         self._round = asyncio.Condition()
@@ -173,15 +199,15 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
         """Give an unwritten ``batch`` back to ``source`` (ahead of anything newer)."""
 
     @abc.abstractmethod
-    def _commands(self, source: Source, batch: Batch) -> list[tuple[Any, ...]]:
-        """The Redis commands that write ``batch``."""
+    def _commands(self, work: list[tuple[Source, Batch]]) -> list[tuple[Any, ...]]:
+        """The Redis commands that write every batch of this round, in one pipeline."""
 
     @abc.abstractmethod
     async def _settle(
-        self, source: Source, batch: Batch, replies: Sequence[Any], done: float
-    ) -> bool:
-        """Act on the replies to ``batch``'s commands (a ``ResponseError`` where one failed);
-        True to write the batch again in the next round."""
+        self, work: list[tuple[Source, Batch]], replies: list[Any], done: float
+    ) -> list[tuple[Source, Batch]]:
+        """Act on the replies to this round's commands (a ``ResponseError`` where one failed);
+        returns the batches to write again in the next round."""
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -212,8 +238,16 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
 
     async def _rounds(self) -> None:
         backoff = Backoff()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         while True:
             await self._wakeup.wait()
+            # linger: a round starts at least ``linger_s`` after the previous one did, so what
+            # the sessions produce meanwhile shares it; after a quiet spell it goes at once
+            pause = started + self.linger_s - clock()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            started = clock()
             self._wakeup.clear()
             dirty = list(self._dirty)
             self._dirty.clear()
@@ -249,12 +283,7 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
         self, work: list[tuple[Source, Batch]]
     ) -> tuple[list[tuple[Source, Batch]], bool]:
         """One pipelined round trip: (the batches to write again, whether Redis was unreachable)."""
-        commands: list[tuple[Any, ...]] = []
-        counts: list[int] = []
-        for source, batch in work:
-            batch_commands = self._commands(source, batch)
-            commands += batch_commands
-            counts.append(len(batch_commands))
+        commands = self._commands(work)
         started = time.perf_counter()
         try:
             replies = await self._conn.pipeline(commands)
@@ -267,13 +296,7 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
         done = time.perf_counter()
         REDIS_COMMAND_LATENCY.labels(self.latency_label).observe(done - started)
         self.health.ok()
-        retry: list[tuple[Source, Batch]] = []
-        index = 0
-        for (source, batch), count in zip(work, counts, strict=True):
-            if await self._settle(source, batch, replies[index : index + count], done):
-                retry.append((source, batch))
-            index += count
-        return retry, False
+        return await self._settle(work, replies, done), False
 
 
 @dataclasses.dataclass(slots=True)
@@ -302,18 +325,27 @@ class WriteSource(Protocol):
 
 
 class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
-    """The worker's writer: per session and round one fenced ``EVALSHA`` that appends the
-    session's output entries in order and updates its record fields, or writes nothing when the
-    session's lease is no longer the writer's."""
+    """The worker's writer: each round is one fenced write script call per
+    :data:`WRITE_CHUNK` sessions, which appends every session's output entries in order and
+    updates its record fields, or writes nothing for a session whose lease is no longer the
+    writer's (:mod:`redisio.lease`)."""
 
     latency_label = "write"
 
     def __init__(
-        self, redis: Redis, scripts: LeaseScripts, health: RedisHealth, *, maxlen: int
+        self,
+        redis: Redis,
+        scripts: LeaseScripts,
+        health: RedisHealth,
+        *,
+        maxlen: int,
+        version: bytes,
+        linger_s: float = DEFAULT_LINGER_S,
     ) -> None:
-        super().__init__(redis, health)
+        super().__init__(redis, health, linger_s=linger_s)
         self.scripts = scripts
         self.maxlen = maxlen
+        self.version = version
 
     def _take(self, source: WriteSource) -> WriteBatch | None:
         return source.take_batch()
@@ -321,36 +353,48 @@ class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
     def _restore(self, source: WriteSource, batch: WriteBatch) -> None:
         source.restore_batch(batch)
 
-    def _commands(self, source: WriteSource, batch: WriteBatch) -> list[tuple[Any, ...]]:
+    def _commands(self, work: list[tuple[WriteSource, WriteBatch]]) -> list[tuple[Any, ...]]:
         pipe = _Commands()
-        self.scripts.queue_write(
-            pipe,
-            source.lease,
-            entries=batch.entries,
-            fields=batch.fields,
-            maxlen=self.maxlen,
-            mode=batch.mode,
-            close_ttl_s=batch.close_ttl_s,
-        )
+        for start in range(0, len(work), WRITE_CHUNK):
+            self.scripts.queue_write(
+                pipe,
+                [
+                    SessionWrite(
+                        source.lease, batch.entries, batch.fields, batch.mode, batch.close_ttl_s
+                    )
+                    for source, batch in work[start : start + WRITE_CHUNK]
+                ],
+                maxlen=self.maxlen,
+                version=self.version,
+            )
         return pipe.commands
 
     async def _settle(
-        self, source: WriteSource, batch: WriteBatch, replies: Sequence[Any], done: float
-    ) -> bool:
-        (reply,) = replies
-        if isinstance(reply, NoScriptError):
-            await self.scripts.load()
-            return True
-        if isinstance(reply, BaseException):
-            log.error("output write for one session rejected by Redis: %s", reply)
-            source.batch_written(batch)
-        elif int(reply[0]) < 0:
-            source.batch_fenced()
-        else:
-            for queued_at in batch.enqueued_at:
-                PROVIDER_TO_OUTPUT_LATENCY.observe(done - queued_at)
-            source.batch_written(batch)
-        return False
+        self, work: list[tuple[WriteSource, WriteBatch]], replies: list[Any], done: float
+    ) -> list[tuple[WriteSource, WriteBatch]]:
+        retry: list[tuple[WriteSource, WriteBatch]] = []
+        latencies: list[float] = []
+        for index, reply in enumerate(replies):
+            chunk = work[index * WRITE_CHUNK : (index + 1) * WRITE_CHUNK]
+            if isinstance(reply, NoScriptError):
+                await self.scripts.load()  # a restarted or failed-over Redis
+                retry += chunk
+                continue
+            if isinstance(reply, BaseException):
+                log.error("output write of %d sessions rejected by Redis: %s", len(chunk), reply)
+                for source, batch in chunk:
+                    source.batch_written(batch)
+                continue
+            for position, (source, batch) in enumerate(chunk):
+                if int(reply[2 * position]) < 0:
+                    source.batch_fenced()
+                    continue
+                latencies += batch.enqueued_at
+                source.batch_written(batch)
+        observe = PROVIDER_TO_OUTPUT_LATENCY.observe
+        for queued_at in latencies:
+            observe(done - queued_at)
+        return retry
 
 
 class _Commands:

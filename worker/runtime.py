@@ -42,7 +42,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from protocol.backoff import Backoff
 from protocol.errors import InvalidSessionId, StreamEntryError
 from protocol.keys import Keys, validate_session_id
-from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, decode_record
+from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, SCHEMA_VERSION, decode_record
 from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
 from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
@@ -93,8 +93,16 @@ class WorkerRuntime:
         self._own_redis = redis is None
         self.health = RedisHealth()
         self.scripts = LeaseScripts(self.redis)
-        self.reader = StreamReader(self.redis, self.keys, self.health)
-        self.writer = OutputWriter(self.redis, self.scripts, self.health, maxlen=OUTPUT_MAXLEN)
+        linger = settings.batch_linger_s
+        self.reader = StreamReader(self.redis, self.keys, self.health, linger_s=linger)
+        self.writer = OutputWriter(
+            self.redis,
+            self.scripts,
+            self.health,
+            maxlen=OUTPUT_MAXLEN,
+            version=str(SCHEMA_VERSION).encode(),
+            linger_s=linger,
+        )
         self.sessions: dict[str, SessionRunner] = {}
         self.draining = False
         self.arq: Worker | None = None

@@ -496,7 +496,13 @@ async def test_a_reply_cut_by_a_crash_is_closed_as_failed_after_the_takeover(
     closing = events.events[names.index("reconnected") + 1]
     assert closing[0] == "response-done"
     assert (closing[1].response_id, closing[1].status) == (cut, "failed")
-    assert await redis.hget(keys.state, "open_resp") == b""
+    # the field no longer marks the cut turn: it is empty, or names a turn the resumed session
+    # started since (its audio may already be here)
+    later = [
+        p.response_id for n, p in events.events[names.index("reconnected") + 2 :] if n == "audio"
+    ]
+    saved = (await redis.hget(keys.state, "open_resp")).decode()
+    assert saved == "" or saved in later
     for data in utterance(100):  # the session goes on; the next turn completes normally
         client.send_audio(data)
     await events.wait_for(

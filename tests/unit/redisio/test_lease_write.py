@@ -1,0 +1,119 @@
+"""``redisio.lease.WRITE``: one script call writes many sessions, each fenced by its own lease.
+
+Run against fakeredis (Lua) and, when ``REDIS_URL`` is set, against the real Redis: the compact
+audio layout must produce exactly the entries the generic layout produces, field for field.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.asyncio import Redis
+
+from protocol.events import AudioEvent, ConnectionEvent
+from protocol.keys import Keys
+from protocol.streams import SCHEMA_VERSION, decode_output, encode_event
+from redisio.lease import Lease, LeaseScripts, SessionWrite
+
+VERSION = str(SCHEMA_VERSION).encode()
+
+
+class _Pipe:
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self.commands.append(("EVALSHA", *args))
+
+
+@pytest.fixture(params=["fake", "real"])
+async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
+    if request.param == "fake":
+        client: Redis = fakeredis.FakeAsyncRedis()
+    else:
+        url = os.environ.get("REDIS_URL")
+        if not url:
+            pytest.skip("needs a real Redis: set REDIS_URL to run (CI does)")
+        client = Redis.from_url(url)
+    yield client
+    await client.aclose()
+
+
+async def _lease(redis: Redis, keys: Keys, epoch: int) -> Lease:
+    sid = uuid.uuid4().hex
+    session = keys.session(sid)
+    lease = Lease(keys=session, epoch=epoch, worker_id="w1", ttl_s=5.0)
+    await redis.set(session.lease, lease.token, px=5000)
+    await redis.hset(session.state, mapping={"status": "live"})
+    return lease
+
+
+async def _write(redis: Redis, writes: list[SessionWrite]) -> list[Any]:
+    scripts = LeaseScripts(redis)
+    await scripts.load()
+    pipe = _Pipe()
+    scripts.queue_write(pipe, writes, maxlen=500, version=VERSION)
+    (command,) = pipe.commands
+    reply: list[Any] = await redis.execute_command(*command)
+    return reply
+
+
+async def test_many_sessions_one_call_each_fenced_alone(redis: Redis) -> None:
+    keys = Keys(f"t-{uuid.uuid4().hex[:8]}")
+    mine, stolen, closing = [await _lease(redis, keys, 3) for _ in range(3)]
+    await redis.set(stolen.keys.lease, "4:other", px=5000)  # another worker took it over
+    audio = AudioEvent(data=bytes(range(256)) * 3, sample_rate=24000, response_id="r1")
+    plain = AudioEvent(data=b"\x01\x02", sample_rate=16000)
+    event = ConnectionEvent(reason="connected")
+    try:
+        reply = await _write(
+            redis,
+            [
+                SessionWrite(
+                    mine,
+                    [
+                        encode_event("audio", audio, epoch=3, ts_us=11),
+                        encode_event("connected", event, epoch=3, ts_us=12),
+                        encode_event("audio", plain, epoch=3, ts_us=13),
+                    ],
+                    {"cursor": b"1-1", "open_resp": b"r1"},
+                ),
+                SessionWrite(stolen, [encode_event("audio", audio, epoch=3)], {"cursor": b"9-9"}),
+                SessionWrite(closing, [], {"status": b"closed"}, mode="close", close_ttl_s=30),
+            ],
+        )
+        assert [int(x) if isinstance(x, int) else x for x in reply[0::2]] == [3, -1, 0]
+        # the fenced session: nothing written at all
+        assert await redis.xlen(stolen.keys.output) == 0
+        assert await redis.hget(stolen.keys.state, "cursor") is None
+        # the written one: record fields and entries in order, decoded as the ingress does
+        assert await redis.hget(mine.keys.state, "cursor") == b"1-1"
+        entries = await redis.xrange(mine.keys.output)
+        assert reply[1] == entries[-1][0]
+        decoded = [decode_output(fields) for _, fields in entries]
+        assert [e.payload for e in decoded] == [audio, event, plain]  # type: ignore[union-attr]
+        assert [e.epoch for e in decoded] == [3, 3, 3]
+        # the compact audio layout writes exactly the fields the generic one would
+        assert entries[0][1] == {
+            b"v": VERSION,
+            b"ts": b"11",
+            b"ep": b"3",
+            b"k": b"e",
+            b"e": b"audio",
+            b"d": audio.data,
+            b"sr": b"24000",
+            b"rid": b"r1",
+        }
+        assert b"rid" not in entries[2][1]
+        # close: lease gone, keys expire
+        assert await redis.exists(closing.keys.lease) == 0
+        assert 0 < await redis.pttl(closing.keys.state) <= 30_000
+    finally:
+        for lease in (mine, stolen, closing):
+            k = lease.keys
+            await redis.delete(k.lease, k.output, k.state, k.input)

@@ -14,6 +14,8 @@ What the base does
 - **Receive loop** per connection: text *and* binary frames are parsed with ``orjson``; a frame
   that is not a JSON object is logged and reported as a recoverable ``error`` event
   (``malformed_frame``) and the session goes on. Each message goes to ``_handle_message``.
+- **Translator actions** (the shape in :mod:`providers.translator`): ``_apply`` emits each
+  ``Emit``, sends each ``Send`` and hands each ``Signal`` to the subclass's ``_on_signal``.
 - **Writer**: one task per session sends everything, serialized with ``orjson`` as text frames.
   Control frames (``_send``) are ordered after all audio pushed before them (an audio byte
   barrier), so e.g. a commit or a format change never overtakes the audio it refers to.
@@ -58,8 +60,10 @@ Required:
     One parsed server message. During a handshake it must eventually call
     ``_handshake_done()`` or ``_handshake_failed(error)``. It may call ``_send``, ``emit``,
     ``_emit_error``, ``_fail`` and ``_start_reconnect``. Raising ``ProviderProtocolError``
-    reports a malformed message as a recoverable ``error`` event; any other exception is logged
-    and reported as ``internal_error`` (recoverable); the session goes on either way.
+    reports a malformed message as a recoverable ``error`` event ``malformed_frame`` (after
+    applying the ``salvaged`` actions of a :class:`providers.translator.MalformedFrame`); any
+    other exception is logged and reported as ``internal_error`` (recoverable); the session goes
+    on either way.
 ``_audio_message(chunk: bytes) -> Frame``
     The wire frame that carries one chunk of (already converted) input audio.
 
@@ -84,8 +88,11 @@ Optional (defaults in brackets):
     [True] the session is between turns, so a planned recycle may run now.
 ``_on_closed() -> None``
     [nothing] the session ended (called once, just before ``closed``): fail pending waiters.
+``_on_signal(signal) -> None``
+    [raise ``TypeError``] act on one provider-specific ``Signal`` a translator returned.
 
-Helpers a subclass calls: ``_open_session()`` (from ``connect``), ``_send(frame)``,
+Helpers a subclass calls: ``_open_session()`` (from ``connect``), ``_apply(actions)``,
+``_send(frame)``,
 ``_send_first(frames)`` (ahead of everything queued, e.g. a seed after a reconnect handshake),
 ``_push_audio(chunk)``, ``_handshake_done()``, ``_handshake_failed(error)``, ``_fail(error)``,
 ``_emit_error(code, message, recoverable=True)``, ``_start_reconnect(reason)`` /
@@ -101,7 +108,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -128,6 +135,16 @@ from protocol.errors import (
     UsageError,
 )
 from protocol.events import ConnectionEvent, ErrorEvent
+from providers.translator import (
+    Action,
+    Emit,
+    Frame,
+    MalformedFrame,
+    Send,
+    Signal,
+    malformed_frame_error,
+    parse_frame,
+)
 
 __all__ = [
     "AudioStats",
@@ -145,7 +162,6 @@ __all__ = [
 
 log = logging.getLogger("voicegrid.transport")
 
-Frame = dict[str, Any]
 Strategy = Literal["in-place", "resumed", "replayed"]
 
 _RETRYABLE_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
@@ -389,6 +405,10 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
     def _on_closed(self) -> None:
         """The session has ended (just before ``closed``): fail whatever still waits."""
 
+    def _on_signal(self, signal: Signal) -> None:
+        """Act on a provider-specific signal of the translator (see :meth:`_apply`)."""
+        raise TypeError(f"{type(self).__name__} does not handle the signal {signal!r}")
+
     # ------------------------------------------------------------------ public API
 
     @property
@@ -451,6 +471,16 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
         self._go_live(reconnect=False)
         self.emit("connected", ConnectionEvent(reason="connected"))
         self._check_link()
+
+    def _apply(self, actions: Iterable[Action]) -> None:
+        """Carry out a translator's actions in order: emit, send, or ``_on_signal``."""
+        for action in actions:
+            if isinstance(action, Emit):
+                self.emit(action.name, action.payload)
+            elif isinstance(action, Send):
+                self._send(action.frame)
+            else:
+                self._on_signal(action)
 
     def _send(self, frame: Frame) -> None:
         """Queue a control frame; it goes out after all audio pushed so far."""
@@ -679,16 +709,15 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
 
     def _dispatch_frame(self, data: str | bytes) -> None:
         try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._report_malformed(data, "not valid JSON")
-            return
-        if not isinstance(message, dict):
-            self._report_malformed(data, "not a JSON object")
+            message = parse_frame(data)
+        except ProviderProtocolError as exc:
+            self._report_malformed(data, exc.message)
             return
         try:
             self._handle_message(message)
         except ProviderProtocolError as exc:
+            if isinstance(exc, MalformedFrame):
+                self._apply(exc.salvaged)
             self._report_malformed(data, exc.message)
         except Exception as exc:
             log.exception("handling a %r message failed", message.get("type"))
@@ -701,7 +730,7 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
     def _report_malformed(self, data: str | bytes, why: str) -> None:
         shown = data[:_MAX_LOGGED_FRAME]
         log.warning("malformed frame from the provider (%s): %r", why, shown)
-        self._emit_error("malformed_frame", f"malformed frame from the provider: {why}")
+        self.emit("error", malformed_frame_error(why))
 
     def _on_link_closed(self, link: _Link) -> None:
         if link.retired or link is not self._link:

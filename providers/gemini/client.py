@@ -32,6 +32,7 @@ from protocol.errors import (
     ProviderError,
 )
 from protocol.events import ConfigUpdatedEvent
+from providers.translator import Signal
 from providers.transport import (
     Endpoint,
     Frame,
@@ -47,10 +48,8 @@ from providers.transport import (
 from .translator import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
-    Emit,
     GeminiTranslator,
     GoAway,
-    Output,
     SetupComplete,
 )
 
@@ -460,16 +459,15 @@ class GeminiLiveClient(WebSocketRealtimeClient):
 
     # ------------------------------------------------------------------ internals
 
-    def _apply(self, outputs: list[Output]) -> None:
-        for output in outputs:
-            if isinstance(output, Emit):
-                self.emit(output.name, output.payload)
-            elif isinstance(output, SetupComplete):
-                if self._in_handshake and self.state is SessionState.RECONNECTING:
-                    self._apply(self._translator.session_restored(resumed=self._resuming))
-                self._handshake_done()
-            elif isinstance(output, GoAway):
-                self._on_go_away(output.time_left_s)
+    def _on_signal(self, signal: Signal) -> None:
+        if isinstance(signal, SetupComplete):
+            if self._in_handshake and self.state is SessionState.RECONNECTING:
+                self._apply(self._translator.session_restored(resumed=self._resuming))
+            self._handshake_done()
+        elif isinstance(signal, GoAway):
+            self._on_go_away(signal.time_left_s)
+        else:
+            super()._on_signal(signal)
 
     def _on_go_away(self, time_left_s: float) -> None:
         """Plan the switch: now if resumable, else at the first resumable point or the deadline.

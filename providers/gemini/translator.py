@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
 
 from protocol import (
     AudioConverter,
@@ -66,7 +65,7 @@ from protocol import (
     UsageError,
 )
 from protocol.audio import check_frame
-from protocol.events import EventName
+from providers.translator import Emit, Signal
 
 __all__ = [
     "INPUT_MIME_TYPE",
@@ -110,22 +109,14 @@ _SERVER_MESSAGES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Emit:
-    """A protocol event the client emits as ``on(name)`` handlers' payload."""
-
-    name: EventName
-    payload: BaseModel
-
-
-@dataclass(frozen=True, slots=True)
-class SetupComplete:
+class SetupComplete(Signal):
     """The server accepted ``setup``: the session (or the resumed session) is live."""
 
     session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class GoAway:
+class GoAway(Signal):
     """The server will close this connection in ``time_left_s`` seconds."""
 
     time_left_s: float

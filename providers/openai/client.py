@@ -34,6 +34,7 @@ from protocol.errors import (
     ProviderError,
 )
 from protocol.events import ConfigUpdatedEvent, ErrorEvent
+from providers.translator import Signal
 from providers.transport import (
     Endpoint,
     Frame,
@@ -48,14 +49,11 @@ from providers.transport import (
 from .translator import (
     DEFAULT_TRANSCRIPTION_MODEL,
     FATAL_ERROR_CODES,
-    Action,
-    Emit,
     Fatal,
     HandshakeDone,
     HandshakeFailed,
     OpenAITranslator,
     Reconnect,
-    Send,
     UpdateDone,
     UpdateFailed,
     wire_format,
@@ -419,27 +417,24 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
 
     # ------------------------------------------------------------------ internals
 
-    def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Emit):
-                self.emit(action.name, action.payload)
-            elif isinstance(action, Send):
-                self._send(action.frame)
-            elif isinstance(action, HandshakeDone):
-                self._handshake_done()
-            elif isinstance(action, HandshakeFailed):
-                self._handshake_failed(action.error)
-            elif isinstance(action, UpdateDone | UpdateFailed):
-                waiter = self._update_waiters.get(action.event_id)
-                if waiter is not None and not waiter.done():
-                    if isinstance(action, UpdateDone):
-                        waiter.set_result(None)
-                    else:
-                        waiter.set_exception(action.error)
-            elif isinstance(action, Fatal):
-                self._fail(action.error)
-            elif isinstance(action, Reconnect):
-                self._start_reconnect(action.reason)
+    def _on_signal(self, signal: Signal) -> None:
+        if isinstance(signal, HandshakeDone):
+            self._handshake_done()
+        elif isinstance(signal, HandshakeFailed):
+            self._handshake_failed(signal.error)
+        elif isinstance(signal, UpdateDone | UpdateFailed):
+            waiter = self._update_waiters.get(signal.event_id)
+            if waiter is not None and not waiter.done():
+                if isinstance(signal, UpdateDone):
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(signal.error)
+        elif isinstance(signal, Fatal):
+            self._fail(signal.error)
+        elif isinstance(signal, Reconnect):
+            self._start_reconnect(signal.reason)
+        else:
+            super()._on_signal(signal)
 
     def _setup_input(self, config: RealtimeSessionConfig) -> None:
         wire = wire_format(config.input_audio)

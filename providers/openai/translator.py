@@ -56,7 +56,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
 
 from protocol.audio import AudioConverter
 from protocol.config import (
@@ -75,7 +74,6 @@ from protocol.errors import (
 from protocol.events import (
     AudioEvent,
     ErrorEvent,
-    EventName,
     InterruptedEvent,
     ResponseDoneEvent,
     SpeechEvent,
@@ -84,6 +82,7 @@ from protocol.events import (
     TranscriptEvent,
     Usage,
 )
+from providers.translator import Action, Emit, Frame, Send, Signal
 
 __all__ = [
     "DEFAULT_TRANSCRIPTION_MODEL",
@@ -105,8 +104,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("voicegrid.openai")
-
-Frame = dict[str, Any]
 
 #: Input transcription model sent when ``input_transcription`` is on (client option
 #: ``transcription_model`` overrides it).
@@ -168,65 +165,45 @@ _RESPONSE_STATUSES = ("completed", "cancelled", "failed", "incomplete")
 # ---------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True)
-class Emit:
-    """Emit ``payload`` as event ``name``."""
-
-    name: EventName
-    payload: BaseModel
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send ``frame`` (a client event) on the live connection, in order."""
-
-    frame: Frame
-
-
-@dataclass(frozen=True)
-class HandshakeDone:
+@dataclass(frozen=True, slots=True)
+class HandshakeDone(Signal):
     """The session config of the (re)connect handshake was applied (``session.updated``)."""
 
 
-@dataclass(frozen=True)
-class HandshakeFailed:
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed(Signal):
     """The server rejected the handshake's session config or the credentials."""
 
     error: ProviderError
 
 
-@dataclass(frozen=True)
-class UpdateDone:
+@dataclass(frozen=True, slots=True)
+class UpdateDone(Signal):
     """The ``session.update`` with ``event_id`` was applied."""
 
     event_id: str
 
 
-@dataclass(frozen=True)
-class UpdateFailed:
+@dataclass(frozen=True, slots=True)
+class UpdateFailed(Signal):
     """The ``session.update`` with ``event_id`` was rejected; the config was restored."""
 
     event_id: str
     error: ProviderError
 
 
-@dataclass(frozen=True)
-class Fatal:
+@dataclass(frozen=True, slots=True)
+class Fatal(Signal):
     """The session cannot go on (credentials, quota, billing)."""
 
     error: ProviderError
 
 
-@dataclass(frozen=True)
-class Reconnect:
+@dataclass(frozen=True, slots=True)
+class Reconnect(Signal):
     """The server ended the session but a new connection can continue it (replayed)."""
 
     reason: str
-
-
-Action = (
-    Emit | Send | HandshakeDone | HandshakeFailed | UpdateDone | UpdateFailed | Fatal | Reconnect
-)
 
 
 @dataclass(frozen=True)

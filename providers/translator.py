@@ -1,0 +1,107 @@
+"""The shape every provider translator has: its outputs, its frame errors, its lifecycle tables.
+
+A translator (``providers/<provider>/translator.py``) is sans-I/O: its client hands it each parsed
+server message and each command, and it answers with a list of :data:`Action`:
+
+- :class:`Emit`: a ``protocol`` event the client emits (``on(name)`` handlers get ``payload``);
+- :class:`Send`: a client frame the client sends on the live connection, in order;
+- a :class:`Signal` subclass: a provider-specific control outcome the client acts on (the
+  handshake finished or failed, the server announced the end of the connection, ...).
+
+:meth:`providers.transport.WebSocketRealtimeClient._apply` carries out such a list; the client
+only implements ``_on_signal`` for its own signals.
+
+A server message that cannot be used (not JSON, not an object, a field of the wrong shape)
+raises :class:`protocol.errors.ProviderProtocolError`; the transport reports it as the
+recoverable ``error`` event :data:`MALFORMED_FRAME` (:func:`malformed_frame_error`) and the
+session goes on. A message with several independent parts (Gemini) raises
+:class:`MalformedFrame` carrying what its usable parts produced, which the transport applies
+before the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from protocol.errors import ProviderProtocolError
+from protocol.events import ErrorEvent, EventName
+
+__all__ = [
+    "MALFORMED_FRAME",
+    "Action",
+    "Emit",
+    "Frame",
+    "MalformedFrame",
+    "Send",
+    "Signal",
+    "malformed_frame_error",
+    "parse_frame",
+]
+
+#: A JSON object as it travels on the wire (one client or server message).
+Frame = dict[str, Any]
+
+#: The ``error`` event code of a server message that could not be used.
+MALFORMED_FRAME = "malformed_frame"
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Emit ``payload`` as event ``name``."""
+
+    name: EventName
+    payload: BaseModel
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``frame`` (a client message) on the live connection, in order."""
+
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """Base of the provider-specific control outcomes a client acts on (``_on_signal``)."""
+
+
+Action = Emit | Send | Signal
+
+
+# ---------------------------------------------------------------------------- malformed frames
+
+
+class MalformedFrame(ProviderProtocolError):
+    """A server message was only partly usable.
+
+    ``salvaged`` are the actions its usable parts produced before the bad one was found; the
+    client applies them, then reports the error, so nothing the translator already counted
+    (e.g. a tool call it now waits a result for) goes unannounced.
+    """
+
+    def __init__(self, message: str, *, salvaged: Sequence[Action] = ()) -> None:
+        super().__init__(message)
+        self.salvaged: list[Action] = list(salvaged)
+
+
+def parse_frame(data: str | bytes) -> Frame:
+    """One server frame (text or binary JSON) as an object; ``ProviderProtocolError`` if not."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderProtocolError("not valid JSON") from exc
+    if not isinstance(message, dict):
+        raise ProviderProtocolError("not a JSON object")
+    return message
+
+
+def malformed_frame_error(why: str) -> ErrorEvent:
+    """The recoverable ``error`` event for a server message that could not (all) be used."""
+    return ErrorEvent(
+        code=MALFORMED_FRAME, message=f"malformed frame from the provider: {why}", recoverable=True
+    )

@@ -17,11 +17,15 @@ recoverable ``error`` event :data:`MALFORMED_FRAME` (:func:`malformed_frame_erro
 session goes on. A message with several independent parts (Gemini) raises
 :class:`MalformedFrame` carrying what its usable parts produced, which the transport applies
 before the error.
+
+:func:`deep_merge` is how ``RealtimeSessionConfig.provider_options`` are laid over the wire
+payload a translator builds, with one semantics for every provider.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ __all__ = [
     "MalformedFrame",
     "Send",
     "Signal",
+    "deep_merge",
     "malformed_frame_error",
     "parse_frame",
 ]
@@ -105,3 +110,36 @@ def malformed_frame_error(why: str) -> ErrorEvent:
     return ErrorEvent(
         code=MALFORMED_FRAME, message=f"malformed frame from the provider: {why}", recoverable=True
     )
+
+
+# ---------------------------------------------------------------------------- provider_options
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` laid over it, as a new dict; neither input is changed.
+
+    - a dict in ``override`` merges key by key into the dict at the same key of ``base``
+      (recursively; into an empty dict when ``base`` has no dict there);
+    - ``None`` in ``override`` deletes that key (it is absent from the result; deleting a key
+      that is not there is a no-op), so a default the translator writes can be removed;
+    - anything else (a list, a string, a number, a bool) replaces the value at that key whole.
+
+    The result shares no mutable value with either input (values are deep-copied), so changing
+    a frame built from it never changes a ``RealtimeSessionConfig``.
+    """
+    merged = copy.deepcopy(dict(base))
+    _lay_over(merged, override)
+    return merged
+
+
+def _lay_over(target: dict[str, Any], override: Mapping[str, Any]) -> None:
+    for key, value in override.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping):
+            below = target.get(key)
+            if not isinstance(below, dict):
+                below = target[key] = {}
+            _lay_over(below, value)
+        else:
+            target[key] = copy.deepcopy(value)

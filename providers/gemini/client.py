@@ -151,7 +151,8 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     ``NO_INTERRUPTION``; input/output transcription; ``sessionResumption`` always;
     ``contextWindowCompression`` with a sliding window by default.
     ``provider_options={"setup": {...}}`` is deep-merged into the ``setup`` message last
-    (camelCase wire names; ``None`` deletes a key), e.g.
+    (camelCase wire names; :func:`providers.translator.deep_merge`, as for OpenAI: ``None``
+    deletes a key), e.g.
     ``{"setup": {"contextWindowCompression": None}}`` or
     ``{"setup": {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}}``. Audio: any
     session input format is converted to 16 kHz PCM16; the model's 24 kHz PCM16 is converted to

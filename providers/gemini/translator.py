@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import logging
 import re
 from collections import deque
@@ -65,7 +64,7 @@ from protocol import (
     UsageError,
 )
 from protocol.audio import check_frame
-from providers.translator import Emit, Signal
+from providers.translator import Emit, Signal, deep_merge
 
 __all__ = [
     "INPUT_MIME_TYPE",
@@ -161,18 +160,6 @@ def function_response_payload(response: RealtimeToolResponse) -> dict[str, Any]:
     if isinstance(response.output, dict):
         return response.output
     return {"output": response.output}
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into ``base`` in place: dicts recurse, ``None`` deletes a key."""
-    for key, value in override.items():
-        if value is None:
-            base.pop(key, None)
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
 
 
 class _Malformed(ValueError):
@@ -317,8 +304,9 @@ class GeminiTranslator:
     def setup_frame(self, *, resume: bool) -> dict[str, Any]:
         """The ``setup`` message for the current config; with the handle when ``resume``.
 
-        ``provider_options["setup"]`` is deep-merged last (camelCase wire keys; a ``None`` value
-        deletes the key), so every piece below can be overridden or removed.
+        ``provider_options["setup"]`` is deep-merged last (camelCase wire keys;
+        :func:`providers.translator.deep_merge`: a ``None`` value deletes the key), so every
+        piece below can be overridden or removed.
         """
         cfg = self._config
         generation: dict[str, Any] = {"responseModalities": ["AUDIO"]}
@@ -366,7 +354,7 @@ class GeminiTranslator:
         setup["contextWindowCompression"] = {"slidingWindow": {}}
         overrides = cfg.provider_options.get("setup")
         if isinstance(overrides, dict):
-            _deep_merge(setup, overrides)
+            setup = deep_merge(setup, overrides)
         return {"setup": setup}
 
     def _realtime_input_config(self) -> dict[str, Any]:

@@ -126,7 +126,10 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
     Config mapping notes: ``temperature`` is not a GA session field and is not sent;
     ``output_transcription=False`` suppresses assistant transcript events on the client (the
     service always streams them); ``provider_options`` are deep-merged into the GA session
-    object (e.g. ``{"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}``).
+    object (:func:`providers.translator.deep_merge`, as for Gemini: dicts merge, ``None``
+    deletes a key, anything else replaces it; e.g.
+    ``{"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}``); ``type`` stays
+    ``"realtime"``.
     Audio: PCM16 input/output at any supported rate is converted to/from 24 kHz; G.711
     (``mulaw``/``alaw``) at 8 kHz passes through as ``audio/pcmu``/``audio/pcma``.
 

@@ -15,7 +15,8 @@ Contract details it implements (issue 2):
   ``{"type": "audio/pcmu"}`` / ``{"type": "audio/pcma"}`` when the session format is G.711 at
   8 kHz, ``audio.input.transcription`` with :data:`DEFAULT_TRANSCRIPTION_MODEL`, turn detection,
   tools, ``tool_choice``, ``max_output_tokens``); ``temperature`` is not a GA field and is never
-  sent. ``provider_options`` are deep-merged into the session object.
+  sent. ``provider_options`` are deep-merged into the session object
+  (:func:`providers.translator.deep_merge`: a ``None`` deletes a key).
 - Beta server event names (``response.audio.*``, ``response.audio_transcript.*``,
   ``response.text.*``, ``conversation.item.created``) are accepted as their GA twins.
 - ``tool-call`` fires at ``response.function_call_arguments.done`` with parsed arguments;
@@ -82,7 +83,7 @@ from protocol.events import (
     TranscriptEvent,
     Usage,
 )
-from providers.translator import Action, Emit, Frame, Send, Signal
+from providers.translator import Action, Emit, Frame, Send, Signal, deep_merge
 
 __all__ = [
     "DEFAULT_TRANSCRIPTION_MODEL",
@@ -242,16 +243,6 @@ def wire_format_json(fmt: AudioFormat) -> dict[str, Any]:
 
 def _bytes_per_ms(fmt: AudioFormat) -> float:
     return fmt.bytes_per_second / 1000.0
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 # ---------------------------------------------------------------------------- state
@@ -488,7 +479,7 @@ class OpenAITranslator:
                 config.max_output_tokens if config.max_output_tokens is not None else "inf"
             )
         if want("provider_options") and config.provider_options:
-            session = _deep_merge(session, config.provider_options)
+            session = deep_merge(session, config.provider_options)
             session["type"] = "realtime"
         return session
 

@@ -1,4 +1,4 @@
-"""GeminiTranslator driven by wire JSON: every server message in the reference, every command."""
+"""GeminiTranslator driven by wire JSON: every kind of ``LiveServerMessage``, every command."""
 
 from __future__ import annotations
 

@@ -8,15 +8,9 @@ item and tool-call state machine lives here and nowhere else, so tests drive it 
 wire JSON and no socket. ``now`` is a monotonic time in seconds, used only to estimate how much
 of a reply has been played when the caller barges in.
 
-Contract details it implements (issue 2):
+Contract details it implements (the session object itself, and which fields an update sends,
+are built in :mod:`.session`; event names and payloads are those of ``protocol/events.py``):
 
-- ``session.update`` is the GA shape (``type: "realtime"``, ``output_modalities: ["audio"]``,
-  ``audio.input/output.format`` exactly ``{"type": "audio/pcm", "rate": 24000}`` or
-  ``{"type": "audio/pcmu"}`` / ``{"type": "audio/pcma"}`` when the session format is G.711 at
-  8 kHz, ``audio.input.transcription`` with :data:`DEFAULT_TRANSCRIPTION_MODEL`, turn detection,
-  tools, ``tool_choice``, ``max_output_tokens``); ``temperature`` is not a GA field and is never
-  sent. ``provider_options`` are deep-merged into the session object
-  (:func:`providers.translator.deep_merge`: a ``None`` deletes a key).
 - Beta server event names (``response.audio.*``, ``response.audio_transcript.*``,
   ``response.text.*``, ``conversation.item.created``) are accepted as their GA twins.
 - ``tool-call`` fires at ``response.function_call_arguments.done`` with parsed arguments;
@@ -83,7 +77,17 @@ from protocol.events import (
     TranscriptEvent,
     Usage,
 )
-from providers.translator import Action, Emit, Frame, Send, Signal, deep_merge
+from providers.translator import Action, Emit, Frame, Send, Signal
+
+from .session import (
+    DEFAULT_TRANSCRIPTION_MODEL,
+    PCM24K,
+    bytes_per_ms,
+    plan_update,
+    session_payload,
+    wire_format,
+    wire_format_json,
+)
 
 __all__ = [
     "DEFAULT_TRANSCRIPTION_MODEL",
@@ -106,10 +110,6 @@ __all__ = [
 
 log = logging.getLogger("voicegrid.openai")
 
-#: Input transcription model sent when ``input_transcription`` is on (client option
-#: ``transcription_model`` overrides it).
-DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
-
 #: Error codes that end the session: credentials, account or billing problems.
 FATAL_ERROR_CODES = frozenset(
     {
@@ -124,9 +124,6 @@ FATAL_ERROR_CODES = frozenset(
     }
 )
 _FATAL_ERROR_TYPES = frozenset({"authentication_error", "permission_error"})
-
-#: PCM16 at 24 kHz, the native OpenAI Realtime format.
-PCM24K = AudioFormat(encoding="pcm16", sample_rate=24000)
 
 _BETA_ALIASES = {
     "response.audio.delta": "response.output_audio.delta",
@@ -215,34 +212,6 @@ class UpdatePlan:
     actions: list[Action]
     previous: RealtimeSessionConfig
     config: RealtimeSessionConfig
-
-
-# ---------------------------------------------------------------------------- wire formats
-
-
-def wire_format(fmt: AudioFormat) -> AudioFormat:
-    """The format audio travels in on the wire for a session format ``fmt``.
-
-    G.711 at 8 kHz passes through as ``audio/pcmu`` / ``audio/pcma``; anything else is PCM16 at
-    24 kHz (the only PCM rate the GA API accepts).
-    """
-    if fmt.sample_rate == 8000 and fmt.encoding in ("mulaw", "alaw"):
-        return fmt
-    return PCM24K
-
-
-def wire_format_json(fmt: AudioFormat) -> dict[str, Any]:
-    """The GA ``format`` object of a wire format."""
-    wire = wire_format(fmt)
-    if wire.encoding == "mulaw":
-        return {"type": "audio/pcmu"}
-    if wire.encoding == "alaw":
-        return {"type": "audio/pcma"}
-    return {"type": "audio/pcm", "rate": 24000}
-
-
-def _bytes_per_ms(fmt: AudioFormat) -> float:
-    return fmt.bytes_per_second / 1000.0
 
 
 # ---------------------------------------------------------------------------- state
@@ -424,83 +393,7 @@ class OpenAITranslator:
         self, config: RealtimeSessionConfig, only: Iterable[str] | None = None
     ) -> dict[str, Any]:
         """The GA session object for ``config``; with ``only``, just those config fields."""
-        fields = None if only is None else set(only)
-        full = fields is None
-
-        def want(name: str) -> bool:
-            return fields is None or name in fields
-
-        session: dict[str, Any] = {"type": "realtime"}
-        if full:
-            session["output_modalities"] = ["audio"]
-        if want("instructions"):
-            session["instructions"] = config.instructions
-        if want("tools"):
-            session["tools"] = [
-                {
-                    "type": "function",
-                    "name": tool.name,
-                    "description": tool.description,
-                    "parameters": tool.parameters,
-                }
-                for tool in config.tools
-            ]
-        if want("tool_choice"):
-            choice = config.tool_choice
-            session["tool_choice"] = (
-                choice
-                if choice in ("auto", "none", "required")
-                else {"type": "function", "name": choice}
-            )
-        audio_in: dict[str, Any] = {}
-        audio_out: dict[str, Any] = {}
-        if want("input_audio"):
-            audio_in["format"] = wire_format_json(config.input_audio)
-        if want("input_transcription") or want("language"):
-            if config.input_transcription:
-                transcription: dict[str, Any] = {"model": self.transcription_model}
-                if config.language:
-                    transcription["language"] = config.language
-                audio_in["transcription"] = transcription
-            elif not full:
-                audio_in["transcription"] = None
-        if want("turn_detection"):
-            audio_in["turn_detection"] = self._turn_detection(config)
-        if want("output_audio"):
-            audio_out["format"] = wire_format_json(config.output_audio)
-        if want("voice") and config.voice is not None:
-            audio_out["voice"] = config.voice
-        if audio_in or audio_out:
-            session["audio"] = {
-                key: value for key, value in (("input", audio_in), ("output", audio_out)) if value
-            }
-        if want("max_output_tokens") and (config.max_output_tokens is not None or not full):
-            session["max_output_tokens"] = (
-                config.max_output_tokens if config.max_output_tokens is not None else "inf"
-            )
-        if want("provider_options") and config.provider_options:
-            session = deep_merge(session, config.provider_options)
-            session["type"] = "realtime"
-        return session
-
-    @staticmethod
-    def _turn_detection(config: RealtimeSessionConfig) -> dict[str, Any] | None:
-        td = config.turn_detection
-        if td.mode == "manual":
-            return None
-        out: dict[str, Any] = {
-            "type": td.mode,
-            "create_response": True,
-            "interrupt_response": td.interrupt_response,
-        }
-        if td.mode == "server_vad":
-            if td.threshold is not None:
-                out["threshold"] = td.threshold
-            if td.prefix_padding_ms is not None:
-                out["prefix_padding_ms"] = td.prefix_padding_ms
-            if td.silence_ms is not None:
-                out["silence_duration_ms"] = td.silence_ms
-        return out
+        return session_payload(config, transcription_model=self.transcription_model, only=only)
 
     def handshake_frames(self, *, reconnect: bool) -> list[Frame]:
         """``session.update`` with the whole config; on a reconnect (or after ``import_items``)
@@ -528,42 +421,10 @@ class OpenAITranslator:
         ``cannot_update_voice`` and the remaining changes are still sent.
         """
         previous = self.config
-        new = previous.merged(update)
-        changed = {
-            name
-            for name in update.model_fields_set
-            if getattr(new, name) != getattr(previous, name)
-        }
-        actions: list[Action] = []
-        if "voice" in changed and self._audio_seen:
-            actions.append(
-                Emit(
-                    "error",
-                    ErrorEvent(
-                        code="cannot_update_voice",
-                        message=(
-                            f"voice cannot change from {previous.voice!r} to {new.voice!r} after "
-                            "the model has produced audio in this session; the other changes "
-                            "were applied"
-                        ),
-                        recoverable=True,
-                    ),
-                )
-            )
-            new = new.model_copy(update={"voice": previous.voice})
-            changed.discard("voice")
-        if "voice" in changed and new.voice is None:
-            changed.discard("voice")  # the server keeps its voice; there is no "unset"
-        if "input_audio" in changed and wire_format(new.input_audio) == wire_format(
-            previous.input_audio
-        ):
-            changed.discard("input_audio")
-        if "output_audio" in changed and wire_format(new.output_audio) == wire_format(
-            previous.output_audio
-        ):
-            changed.discard("output_audio")
-            self._rebuild_output(new)
-        changed -= {"temperature", "output_transcription"}  # not GA session fields
+        new, changed, refused = plan_update(previous, update, audio_seen=self._audio_seen)
+        actions: list[Action] = [] if refused is None else [Emit("error", refused)]
+        if new.output_audio != previous.output_audio and "output_audio" not in changed:
+            self._rebuild_output(new)  # same wire format: only the conversion changes
         self.config = new
         if not changed:
             return UpdatePlan(None, actions, previous, new)
@@ -605,7 +466,7 @@ class OpenAITranslator:
         least 100 ms (the server rejects shorter commits).
         """
         actions: list[Action] = []
-        min_bytes = int(100 * _bytes_per_ms(self.input_wire_format))
+        min_bytes = int(100 * bytes_per_ms(self.input_wire_format))
         if self.config.turn_detection.mode == "manual" and self._uncommitted_bytes >= min_bytes:
             actions.append(Send({"type": "input_audio_buffer.commit", "event_id": self._next_id()}))
             self._uncommitted_bytes = 0
@@ -923,7 +784,7 @@ class OpenAITranslator:
         active = self._active
         playing = False
         if item is not None and not item.truncated:
-            received_ms = item.wire_bytes / _bytes_per_ms(self._out_wire)
+            received_ms = item.wire_bytes / bytes_per_ms(self._out_wire)
             playing = item.response_id == active or (now - item.first_at) * 1000.0 < received_ms
         if active is None and not playing:
             return []
@@ -940,7 +801,7 @@ class OpenAITranslator:
                 )
             )
         if item is not None and playing and item.wire_bytes > 0:
-            received_ms = item.wire_bytes / _bytes_per_ms(self._out_wire)
+            received_ms = item.wire_bytes / bytes_per_ms(self._out_wire)
             played_ms = max(0.0, (now - item.first_at) * 1000.0)
             item.truncated = True
             if item.response_id is not None:

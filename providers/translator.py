@@ -18,6 +18,10 @@ session goes on. A message with several independent parts (Gemini) raises
 :class:`MalformedFrame` carrying what its usable parts produced, which the transport applies
 before the error.
 
+Lifecycles inside a translator are tables ``(state, event) -> new state`` walked with
+:func:`transition`; a pair the table does not list is a bug in the translator
+(:class:`IllegalTransition`), never something the provider can cause.
+
 :func:`deep_merge` is how ``RealtimeSessionConfig.provider_options`` are laid over the wire
 payload a translator builds, with one semantics for every provider.
 """
@@ -25,14 +29,15 @@ payload a translator builds, with one semantics for every provider.
 from __future__ import annotations
 
 import copy
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel
 
-from protocol.errors import ProviderProtocolError
+from protocol.errors import ProviderProtocolError, UsageError
 from protocol.events import ErrorEvent, EventName
 
 __all__ = [
@@ -40,12 +45,14 @@ __all__ = [
     "Action",
     "Emit",
     "Frame",
+    "IllegalTransition",
     "MalformedFrame",
     "Send",
     "Signal",
     "deep_merge",
     "malformed_frame_error",
     "parse_frame",
+    "transition",
 ]
 
 #: A JSON object as it travels on the wire (one client or server message).
@@ -110,6 +117,27 @@ def malformed_frame_error(why: str) -> ErrorEvent:
     return ErrorEvent(
         code=MALFORMED_FRAME, message=f"malformed frame from the provider: {why}", recoverable=True
     )
+
+
+# ---------------------------------------------------------------------------- lifecycle tables
+
+S = TypeVar("S", bound=enum.Enum)
+E = TypeVar("E", bound=enum.Enum)
+
+
+class IllegalTransition(UsageError):
+    """A translator asked its lifecycle table for a transition it does not list (a local bug)."""
+
+
+def transition(table: Mapping[tuple[S, E], S], state: S, event: E, what: str) -> S:
+    """The state ``event`` moves ``what`` to from ``state``; :class:`IllegalTransition` if the
+    table has no such transition."""
+    try:
+        return table[(state, event)]
+    except KeyError:
+        raise IllegalTransition(
+            f"{what}: no transition for {event.value!r} in state {state.value!r}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- provider_options

@@ -124,6 +124,7 @@ from websockets.exceptions import (
 from websockets.protocol import State
 
 from protocol.client import AudioSendBuffer, RealtimeAudioClient, SessionState
+from protocol.config import RealtimeToolResponse
 from protocol.errors import (
     ConfigError,
     ConfigRejectedError,
@@ -155,8 +156,10 @@ __all__ = [
     "TransportOptions",
     "WebSocketRealtimeClient",
     "check_api_key",
+    "check_instruction",
     "check_ws_url",
     "merge_options",
+    "parse_tool_responses",
     "require_positive_ints",
 ]
 
@@ -208,6 +211,37 @@ def check_api_key(api_key: object, env_var: str) -> None:
     """An explicit ``api_key`` must be a non-empty string (``None`` means ``env_var``)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ConfigError(f"api_key must be a non-empty string or None ({env_var})")
+
+
+def parse_tool_responses(responses: object) -> list[RealtimeToolResponse]:
+    """The argument of ``send_tool_response`` as validated responses (dicts are parsed);
+    ``ConfigError`` for anything else, before any is sent."""
+    if not isinstance(responses, list | tuple):
+        raise ConfigError(
+            "send_tool_response takes a list of RealtimeToolResponse, got "
+            f"{type(responses).__name__}"
+        )
+    parsed: list[RealtimeToolResponse] = []
+    for response in responses:
+        if isinstance(response, RealtimeToolResponse):
+            parsed.append(response)
+        elif isinstance(response, dict):
+            try:
+                parsed.append(RealtimeToolResponse.model_validate(response))
+            except ValueError as exc:
+                raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
+        else:
+            raise ConfigError(
+                "tool response must be a RealtimeToolResponse or dict, got "
+                f"{type(response).__name__}"
+            )
+    return parsed
+
+
+def check_instruction(instruction: object) -> None:
+    """The instruction of ``request_response`` must be a string or None."""
+    if instruction is not None and not isinstance(instruction, str):
+        raise ConfigError(f"instruction must be a string or None, got {type(instruction).__name__}")
 
 
 def check_ws_url(url: object, expected: str) -> None:

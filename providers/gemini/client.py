@@ -40,8 +40,10 @@ from providers.transport import (
     TransportOptions,
     WebSocketRealtimeClient,
     check_api_key,
+    check_instruction,
     check_ws_url,
     merge_options,
+    parse_tool_responses,
     require_positive_ints,
 )
 
@@ -299,35 +301,14 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         Raises ``UsageError`` for an unknown call id without a name.
         """
         self._require_open("send_tool_response")
-        if not isinstance(responses, list | tuple):
-            raise ConfigError(
-                "send_tool_response takes a list of RealtimeToolResponse, got "
-                f"{type(responses).__name__}"
-            )
-        parsed: list[RealtimeToolResponse] = []
-        for response in responses:
-            if isinstance(response, RealtimeToolResponse):
-                parsed.append(response)
-            elif isinstance(response, dict):
-                try:
-                    parsed.append(RealtimeToolResponse.model_validate(response))
-                except ValueError as exc:
-                    raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
-            else:
-                raise ConfigError(
-                    "tool response must be a RealtimeToolResponse or dict, got "
-                    f"{type(response).__name__}"
-                )
+        parsed = parse_tool_responses(responses)
         for frame in self._translator.tool_response_frames(parsed):
             self._send(frame)
 
     def _request_response(self, instruction: str | None) -> None:
         """Prompt a model turn (see the class docstring for the wire form and why)."""
         self._require_open("request_response")
-        if instruction is not None and not isinstance(instruction, str):
-            raise ConfigError(
-                f"instruction must be a string or None, got {type(instruction).__name__}"
-            )
+        check_instruction(instruction)
         for frame in self._translator.request_response_frames(instruction):
             self._send(frame)
 

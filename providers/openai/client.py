@@ -41,8 +41,10 @@ from providers.transport import (
     TransportOptions,
     WebSocketRealtimeClient,
     check_api_key,
+    check_instruction,
     check_ws_url,
     merge_options,
+    parse_tool_responses,
     require_positive_ints,
 )
 
@@ -244,33 +246,11 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
     def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
         """Send tool results now; the follow-up ``response.create`` goes when it is due."""
         translator = self._live_translator("send_tool_response")
-        if not isinstance(responses, list | tuple):
-            raise ConfigError(
-                f"send_tool_response takes a list of RealtimeToolResponse, got "
-                f"{type(responses).__name__}"
-            )
-        parsed = []
-        for response in responses:
-            if isinstance(response, RealtimeToolResponse):
-                parsed.append(response)
-            elif isinstance(response, dict):
-                try:
-                    parsed.append(RealtimeToolResponse.model_validate(response))
-                except ValueError as exc:
-                    raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
-            else:
-                raise ConfigError(
-                    f"tool response must be a RealtimeToolResponse or dict, got "
-                    f"{type(response).__name__}"
-                )
-        self._apply(translator.tool_responses(parsed))
+        self._apply(translator.tool_responses(parse_tool_responses(responses)))
 
     def _request_response(self, instruction: str | None) -> None:
         translator = self._live_translator("request_response")
-        if instruction is not None and not isinstance(instruction, str):
-            raise ConfigError(
-                f"instruction must be a string or None, got {type(instruction).__name__}"
-            )
+        check_instruction(instruction)
         self._apply(translator.request_response(instruction))
 
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:

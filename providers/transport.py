@@ -14,6 +14,8 @@ What the base does
 - **Receive loop** per connection: text *and* binary frames are parsed with ``orjson``; a frame
   that is not a JSON object is logged and reported as a recoverable ``error`` event
   (``malformed_frame``) and the session goes on. Each message goes to ``_handle_message``.
+- **Translator actions** (the shape in :mod:`providers.translator`): ``_apply`` emits each
+  ``Emit``, sends each ``Send`` and hands each ``Signal`` to the subclass's ``_on_signal``.
 - **Writer**: one task per session sends everything, serialized with ``orjson`` as text frames.
   Control frames (``_send``) are ordered after all audio pushed before them (an audio byte
   barrier), so e.g. a commit or a format change never overtakes the audio it refers to.
@@ -58,8 +60,10 @@ Required:
     One parsed server message. During a handshake it must eventually call
     ``_handshake_done()`` or ``_handshake_failed(error)``. It may call ``_send``, ``emit``,
     ``_emit_error``, ``_fail`` and ``_start_reconnect``. Raising ``ProviderProtocolError``
-    reports a malformed message as a recoverable ``error`` event; any other exception is logged
-    and reported as ``internal_error`` (recoverable); the session goes on either way.
+    reports a malformed message as a recoverable ``error`` event ``malformed_frame`` (after
+    applying the ``salvaged`` actions of a :class:`providers.translator.MalformedFrame`); any
+    other exception is logged and reported as ``internal_error`` (recoverable); the session goes
+    on either way.
 ``_audio_message(chunk: bytes) -> Frame``
     The wire frame that carries one chunk of (already converted) input audio.
 
@@ -84,8 +88,11 @@ Optional (defaults in brackets):
     [True] the session is between turns, so a planned recycle may run now.
 ``_on_closed() -> None``
     [nothing] the session ended (called once, just before ``closed``): fail pending waiters.
+``_on_signal(signal) -> None``
+    [raise ``TypeError``] act on one provider-specific ``Signal`` a translator returned.
 
-Helpers a subclass calls: ``_open_session()`` (from ``connect``), ``_send(frame)``,
+Helpers a subclass calls: ``_open_session()`` (from ``connect``), ``_apply(actions)``,
+``_send(frame)``,
 ``_send_first(frames)`` (ahead of everything queued, e.g. a seed after a reconnect handshake),
 ``_push_audio(chunk)``, ``_handshake_done()``, ``_handshake_failed(error)``, ``_fail(error)``,
 ``_emit_error(code, message, recoverable=True)``, ``_start_reconnect(reason)`` /
@@ -100,7 +107,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -117,6 +124,7 @@ from websockets.protocol import State
 
 from protocol.backoff import Backoff
 from protocol.client import AudioSendBuffer, RealtimeAudioClient, SessionState
+from protocol.config import RealtimeToolResponse
 from protocol.errors import (
     ConfigError,
     ConfigRejectedError,
@@ -128,6 +136,16 @@ from protocol.errors import (
     UsageError,
 )
 from protocol.events import ConnectionEvent, ErrorEvent
+from providers.translator import (
+    Action,
+    Emit,
+    Frame,
+    MalformedFrame,
+    Send,
+    Signal,
+    malformed_frame_error,
+    parse_frame,
+)
 
 __all__ = [
     "AudioStats",
@@ -138,14 +156,15 @@ __all__ = [
     "TransportOptions",
     "WebSocketRealtimeClient",
     "check_api_key",
+    "check_instruction",
     "check_ws_url",
     "merge_options",
+    "parse_tool_responses",
     "require_positive_ints",
 ]
 
 log = logging.getLogger("voicegrid.transport")
 
-Frame = dict[str, Any]
 Strategy = Literal["in-place", "resumed", "replayed"]
 
 _RETRYABLE_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
@@ -192,6 +211,37 @@ def check_api_key(api_key: object, env_var: str) -> None:
     """An explicit ``api_key`` must be a non-empty string (``None`` means ``env_var``)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ConfigError(f"api_key must be a non-empty string or None ({env_var})")
+
+
+def parse_tool_responses(responses: object) -> list[RealtimeToolResponse]:
+    """The argument of ``send_tool_response`` as validated responses (dicts are parsed);
+    ``ConfigError`` for anything else, before any is sent."""
+    if not isinstance(responses, list | tuple):
+        raise ConfigError(
+            "send_tool_response takes a list of RealtimeToolResponse, got "
+            f"{type(responses).__name__}"
+        )
+    parsed: list[RealtimeToolResponse] = []
+    for response in responses:
+        if isinstance(response, RealtimeToolResponse):
+            parsed.append(response)
+        elif isinstance(response, dict):
+            try:
+                parsed.append(RealtimeToolResponse.model_validate(response))
+            except ValueError as exc:
+                raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
+        else:
+            raise ConfigError(
+                "tool response must be a RealtimeToolResponse or dict, got "
+                f"{type(response).__name__}"
+            )
+    return parsed
+
+
+def check_instruction(instruction: object) -> None:
+    """The instruction of ``request_response`` must be a string or None."""
+    if instruction is not None and not isinstance(instruction, str):
+        raise ConfigError(f"instruction must be a string or None, got {type(instruction).__name__}")
 
 
 def check_ws_url(url: object, expected: str) -> None:
@@ -389,6 +439,10 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
     def _on_closed(self) -> None:
         """The session has ended (just before ``closed``): fail whatever still waits."""
 
+    def _on_signal(self, signal: Signal) -> None:
+        """Act on a provider-specific signal of the translator (see :meth:`_apply`)."""
+        raise TypeError(f"{type(self).__name__} does not handle the signal {signal!r}")
+
     # ------------------------------------------------------------------ public API
 
     @property
@@ -451,6 +505,16 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
         self._go_live(reconnect=False)
         self.emit("connected", ConnectionEvent(reason="connected"))
         self._check_link()
+
+    def _apply(self, actions: Iterable[Action]) -> None:
+        """Carry out a translator's actions in order: emit, send, or ``_on_signal``."""
+        for action in actions:
+            if isinstance(action, Emit):
+                self.emit(action.name, action.payload)
+            elif isinstance(action, Send):
+                self._send(action.frame)
+            else:
+                self._on_signal(action)
 
     def _send(self, frame: Frame) -> None:
         """Queue a control frame; it goes out after all audio pushed so far."""
@@ -679,16 +743,15 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
 
     def _dispatch_frame(self, data: str | bytes) -> None:
         try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self._report_malformed(data, "not valid JSON")
-            return
-        if not isinstance(message, dict):
-            self._report_malformed(data, "not a JSON object")
+            message = parse_frame(data)
+        except ProviderProtocolError as exc:
+            self._report_malformed(data, exc.message)
             return
         try:
             self._handle_message(message)
         except ProviderProtocolError as exc:
+            if isinstance(exc, MalformedFrame):
+                self._apply(exc.salvaged)
             self._report_malformed(data, exc.message)
         except Exception as exc:
             log.exception("handling a %r message failed", message.get("type"))
@@ -701,7 +764,7 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
     def _report_malformed(self, data: str | bytes, why: str) -> None:
         shown = data[:_MAX_LOGGED_FRAME]
         log.warning("malformed frame from the provider (%s): %r", why, shown)
-        self._emit_error("malformed_frame", f"malformed frame from the provider: {why}")
+        self.emit("error", malformed_frame_error(why))
 
     def _on_link_closed(self, link: _Link) -> None:
         if link.retired or link is not self._link:

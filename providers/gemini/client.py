@@ -32,6 +32,7 @@ from protocol.errors import (
     ProviderError,
 )
 from protocol.events import ConfigUpdatedEvent
+from providers.translator import Signal
 from providers.transport import (
     Endpoint,
     Frame,
@@ -39,18 +40,18 @@ from providers.transport import (
     TransportOptions,
     WebSocketRealtimeClient,
     check_api_key,
+    check_instruction,
     check_ws_url,
     merge_options,
+    parse_tool_responses,
     require_positive_ints,
 )
 
 from .translator import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
-    Emit,
     GeminiTranslator,
     GoAway,
-    Output,
     SetupComplete,
 )
 
@@ -152,7 +153,8 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     ``NO_INTERRUPTION``; input/output transcription; ``sessionResumption`` always;
     ``contextWindowCompression`` with a sliding window by default.
     ``provider_options={"setup": {...}}`` is deep-merged into the ``setup`` message last
-    (camelCase wire names; ``None`` deletes a key), e.g.
+    (camelCase wire names; :func:`providers.translator.deep_merge`, as for OpenAI: ``None``
+    deletes a key), e.g.
     ``{"setup": {"contextWindowCompression": None}}`` or
     ``{"setup": {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}}``. Audio: any
     session input format is converted to 16 kHz PCM16; the model's 24 kHz PCM16 is converted to
@@ -299,35 +301,14 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         Raises ``UsageError`` for an unknown call id without a name.
         """
         self._require_open("send_tool_response")
-        if not isinstance(responses, list | tuple):
-            raise ConfigError(
-                "send_tool_response takes a list of RealtimeToolResponse, got "
-                f"{type(responses).__name__}"
-            )
-        parsed: list[RealtimeToolResponse] = []
-        for response in responses:
-            if isinstance(response, RealtimeToolResponse):
-                parsed.append(response)
-            elif isinstance(response, dict):
-                try:
-                    parsed.append(RealtimeToolResponse.model_validate(response))
-                except ValueError as exc:
-                    raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
-            else:
-                raise ConfigError(
-                    "tool response must be a RealtimeToolResponse or dict, got "
-                    f"{type(response).__name__}"
-                )
+        parsed = parse_tool_responses(responses)
         for frame in self._translator.tool_response_frames(parsed):
             self._send(frame)
 
     def _request_response(self, instruction: str | None) -> None:
         """Prompt a model turn (see the class docstring for the wire form and why)."""
         self._require_open("request_response")
-        if instruction is not None and not isinstance(instruction, str):
-            raise ConfigError(
-                f"instruction must be a string or None, got {type(instruction).__name__}"
-            )
+        check_instruction(instruction)
         for frame in self._translator.request_response_frames(instruction):
             self._send(frame)
 
@@ -460,16 +441,15 @@ class GeminiLiveClient(WebSocketRealtimeClient):
 
     # ------------------------------------------------------------------ internals
 
-    def _apply(self, outputs: list[Output]) -> None:
-        for output in outputs:
-            if isinstance(output, Emit):
-                self.emit(output.name, output.payload)
-            elif isinstance(output, SetupComplete):
-                if self._in_handshake and self.state is SessionState.RECONNECTING:
-                    self._apply(self._translator.session_restored(resumed=self._resuming))
-                self._handshake_done()
-            elif isinstance(output, GoAway):
-                self._on_go_away(output.time_left_s)
+    def _on_signal(self, signal: Signal) -> None:
+        if isinstance(signal, SetupComplete):
+            if self._in_handshake and self.state is SessionState.RECONNECTING:
+                self._apply(self._translator.session_restored(resumed=self._resuming))
+            self._handshake_done()
+        elif isinstance(signal, GoAway):
+            self._on_go_away(signal.time_left_s)
+        else:
+            super()._on_signal(signal)
 
     def _on_go_away(self, time_left_s: float) -> None:
         """Plan the switch: now if resumable, else at the first resumable point or the deadline.

@@ -29,15 +29,18 @@ All per-session protocol state lives here, in one place:
 Server frames are read in camelCase, the only casing the service sends. Client frames are written
 in camelCase. Outputs of :meth:`GeminiTranslator.receive_message` are :class:`Emit` (a protocol
 event for the client to emit) and two control signals the client acts on: :class:`SetupComplete`
-and :class:`GoAway`. A field of the wrong shape becomes a recoverable ``error`` event
-``malformed_frame``; the rest of the message is still used where possible.
+and :class:`GoAway`. A message that cannot be used raises ``ProviderProtocolError`` as in every
+translator (:mod:`providers.translator`): the transport reports it as a recoverable ``error``
+event ``malformed_frame`` and the session goes on. A message carries several independent parts,
+so the one raised is a :class:`~providers.translator.MalformedFrame` whose ``salvaged`` outputs
+(what the parts before the bad one produced) the client still applies. Only an invalid
+``goAway.timeLeft`` is used anyway (as 0 s) with the ``malformed_frame`` error among its outputs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import logging
 import re
 from collections import deque
@@ -46,15 +49,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel
 
 from protocol import (
     AudioConverter,
     AudioEvent,
     AudioFormat,
     ConfigError,
-    ErrorEvent,
     InterruptedEvent,
+    ProviderProtocolError,
     RealtimeSessionConfig,
     RealtimeToolResponse,
     ResponseDoneEvent,
@@ -66,7 +68,14 @@ from protocol import (
     UsageError,
 )
 from protocol.audio import check_frame
-from protocol.events import EventName
+from providers.translator import (
+    Emit,
+    MalformedFrame,
+    Signal,
+    deep_merge,
+    malformed_frame_error,
+    parse_frame,
+)
 
 __all__ = [
     "INPUT_MIME_TYPE",
@@ -110,22 +119,14 @@ _SERVER_MESSAGES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Emit:
-    """A protocol event the client emits as ``on(name)`` handlers' payload."""
-
-    name: EventName
-    payload: BaseModel
-
-
-@dataclass(frozen=True, slots=True)
-class SetupComplete:
+class SetupComplete(Signal):
     """The server accepted ``setup``: the session (or the resumed session) is live."""
 
     session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class GoAway:
+class GoAway(Signal):
     """The server will close this connection in ``time_left_s`` seconds."""
 
     time_left_s: float
@@ -172,25 +173,9 @@ def function_response_payload(response: RealtimeToolResponse) -> dict[str, Any]:
     return {"output": response.output}
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into ``base`` in place: dicts recurse, ``None`` deletes a key."""
-    for key, value in override.items():
-        if value is None:
-            base.pop(key, None)
-        elif isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
-
-
-class _Malformed(ValueError):
-    """A server frame has a field of the wrong shape."""
-
-
 def _obj(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise _Malformed(f"{where} must be an object, got {type(value).__name__}")
+        raise ProviderProtocolError(f"{where} must be an object, got {type(value).__name__}")
     return value
 
 
@@ -326,8 +311,9 @@ class GeminiTranslator:
     def setup_frame(self, *, resume: bool) -> dict[str, Any]:
         """The ``setup`` message for the current config; with the handle when ``resume``.
 
-        ``provider_options["setup"]`` is deep-merged last (camelCase wire keys; a ``None`` value
-        deletes the key), so every piece below can be overridden or removed.
+        ``provider_options["setup"]`` is deep-merged last (camelCase wire keys;
+        :func:`providers.translator.deep_merge`: a ``None`` value deletes the key), so every
+        piece below can be overridden or removed.
         """
         cfg = self._config
         generation: dict[str, Any] = {"responseModalities": ["AUDIO"]}
@@ -375,7 +361,7 @@ class GeminiTranslator:
         setup["contextWindowCompression"] = {"slidingWindow": {}}
         overrides = cfg.provider_options.get("setup")
         if isinstance(overrides, dict):
-            _deep_merge(setup, overrides)
+            setup = deep_merge(setup, overrides)
         return {"setup": setup}
 
     def _realtime_input_config(self) -> dict[str, Any]:
@@ -588,22 +574,26 @@ class GeminiTranslator:
     # --------------------------------------------------------------------- server frames
 
     def receive(self, raw: bytes | str) -> list[Output]:
-        """Translate one raw server frame (binary or text JSON) into outputs, in order."""
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return [self._malformed(f"server frame is not JSON ({exc}): {raw[:120]!r}")]
-        if not isinstance(message, dict):
-            return [self._malformed(f"server frame must be a JSON object, got {raw[:120]!r}")]
-        return self.receive_message(message)
+        """Translate one raw server frame (binary or text JSON) into outputs, in order.
+
+        Raises ``ProviderProtocolError`` when the frame is not a JSON object, else as
+        :meth:`receive_message`.
+        """
+        return self.receive_message(parse_frame(raw))
 
     def receive_message(self, message: dict[str, Any]) -> list[Output]:
-        """Translate one parsed server message into outputs, in order."""
+        """Translate one parsed server message into outputs, in order.
+
+        Raises :class:`~providers.translator.MalformedFrame` when a part of the message has the
+        wrong shape; its ``salvaged`` outputs are what the parts before it produced.
+        """
         out: list[Output] = []
         try:
             self._dispatch(message, out)
-        except _Malformed as exc:
-            out.append(self._malformed(f"{exc} (message keys {sorted(message)})"))
+        except ProviderProtocolError as exc:
+            raise MalformedFrame(
+                f"{exc.message} (message keys {sorted(message)})", salvaged=out
+            ) from exc
         return out
 
     def _dispatch(self, message: dict[str, Any], out: list[Output]) -> None:
@@ -633,13 +623,11 @@ class GeminiTranslator:
             body = _obj(message["goAway"], "goAway")
             seconds = parse_duration(body.get("timeLeft", "0s"))
             if seconds is None:
-                out.append(self._malformed(f"goAway.timeLeft {body.get('timeLeft')!r} is invalid"))
+                why = f"goAway.timeLeft {body.get('timeLeft')!r} is invalid"
+                log.warning("malformed Gemini server frame: %s", why)
+                out.append(Emit("error", malformed_frame_error(why)))
                 seconds = 0.0
             out.append(GoAway(seconds))
-
-    def _malformed(self, message: str) -> Emit:
-        log.warning("malformed Gemini server frame: %s", message)
-        return Emit("error", ErrorEvent(code="malformed_frame", message=message))
 
     def _on_usage(self, body: dict[str, Any]) -> None:
         def count(*keys: str) -> int:
@@ -684,13 +672,13 @@ class GeminiTranslator:
     def _on_tool_call(self, body: dict[str, Any], out: list[Output]) -> None:
         calls = body.get("functionCalls") or []
         if not isinstance(calls, list):
-            raise _Malformed("toolCall.functionCalls must be a list")
+            raise ProviderProtocolError("toolCall.functionCalls must be a list")
         self._open_turn()
         for raw_call in calls:
             call = _obj(raw_call, "toolCall.functionCalls[]")
             name = call.get("name")
             if not isinstance(name, str) or not name:
-                raise _Malformed(f"function call without a name: {call!r}")
+                raise ProviderProtocolError(f"function call without a name: {call!r}")
             call_id = call.get("id")
             if not isinstance(call_id, str) or not call_id:
                 # Vertex AI may omit ids; the response must still carry one.
@@ -698,7 +686,9 @@ class GeminiTranslator:
                 call_id = f"gemini-call-{self._call_seq}"
             args = call.get("args") or {}
             if not isinstance(args, dict):
-                raise _Malformed(f"function call {name!r} args must be an object, got {args!r}")
+                raise ProviderProtocolError(
+                    f"function call {name!r} args must be an object, got {args!r}"
+                )
             self._pending[call_id] = name
             # a call the server issues is wanted, even if an earlier one with its id was
             # cancelled (e.g. one lost in a resume from an older handle, issued again)
@@ -710,7 +700,7 @@ class GeminiTranslator:
     def _on_cancellation(self, body: dict[str, Any], out: list[Output]) -> None:
         ids = body.get("ids") or []
         if not isinstance(ids, list):
-            raise _Malformed("toolCallCancellation.ids must be a list")
+            raise ProviderProtocolError("toolCallCancellation.ids must be a list")
         cancelled = []
         for call_id in ids:
             if not isinstance(call_id, str):
@@ -731,7 +721,7 @@ class GeminiTranslator:
         if model_turn is not None:
             parts = _obj(model_turn, "modelTurn").get("parts") or []
             if not isinstance(parts, list):
-                raise _Malformed("modelTurn.parts must be a list")
+                raise ProviderProtocolError("modelTurn.parts must be a list")
             for part in parts:
                 self._on_part(_obj(part, "modelTurn.parts[]"), out)
         if "outputTranscription" in body:
@@ -797,12 +787,12 @@ class GeminiTranslator:
             rate = int(match.group(1)) if match else OUTPUT_SAMPLE_RATE
             data = blob.get("data") or ""
             if not isinstance(data, str):
-                raise _Malformed("inlineData.data must be a base64 string")
+                raise ProviderProtocolError("inlineData.data must be a base64 string")
             try:
                 # protobuf JSON writes standard base64 and accepts the URL-safe alphabet too
                 pcm = base64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise _Malformed(f"inlineData.data is not valid base64 ({exc})") from exc
+                raise ProviderProtocolError(f"inlineData.data is not valid base64 ({exc})") from exc
             self._open_turn()
             self._emit_audio(self._output_converter(rate).convert(pcm), out)
             return
@@ -820,7 +810,7 @@ class GeminiTranslator:
         converter = self._outputs.get(rate)
         if converter is None:
             if rate % 2 or rate <= 0:
-                raise _Malformed(f"model audio rate {rate} is not a valid PCM rate")
+                raise ProviderProtocolError(f"model audio rate {rate} is not a valid PCM rate")
             converter = AudioConverter(
                 AudioFormat(encoding="pcm16", sample_rate=rate), self._config.output_audio
             )

@@ -34,28 +34,28 @@ from protocol.errors import (
     ProviderError,
 )
 from protocol.events import ConfigUpdatedEvent, ErrorEvent
+from providers.translator import Signal
 from providers.transport import (
     Endpoint,
     Frame,
     TransportOptions,
     WebSocketRealtimeClient,
     check_api_key,
+    check_instruction,
     check_ws_url,
     merge_options,
+    parse_tool_responses,
     require_positive_ints,
 )
 
 from .translator import (
     DEFAULT_TRANSCRIPTION_MODEL,
     FATAL_ERROR_CODES,
-    Action,
-    Emit,
     Fatal,
     HandshakeDone,
     HandshakeFailed,
     OpenAITranslator,
     Reconnect,
-    Send,
     UpdateDone,
     UpdateFailed,
     wire_format,
@@ -128,7 +128,10 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
     Config mapping notes: ``temperature`` is not a GA session field and is not sent;
     ``output_transcription=False`` suppresses assistant transcript events on the client (the
     service always streams them); ``provider_options`` are deep-merged into the GA session
-    object (e.g. ``{"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}``).
+    object (:func:`providers.translator.deep_merge`, as for Gemini: dicts merge, ``None``
+    deletes a key, anything else replaces it; e.g.
+    ``{"audio": {"input": {"noise_reduction": {"type": "near_field"}}}}``); ``type`` stays
+    ``"realtime"``.
     Audio: PCM16 input/output at any supported rate is converted to/from 24 kHz; G.711
     (``mulaw``/``alaw``) at 8 kHz passes through as ``audio/pcmu``/``audio/pcma``.
 
@@ -243,33 +246,11 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
     def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
         """Send tool results now; the follow-up ``response.create`` goes when it is due."""
         translator = self._live_translator("send_tool_response")
-        if not isinstance(responses, list | tuple):
-            raise ConfigError(
-                f"send_tool_response takes a list of RealtimeToolResponse, got "
-                f"{type(responses).__name__}"
-            )
-        parsed = []
-        for response in responses:
-            if isinstance(response, RealtimeToolResponse):
-                parsed.append(response)
-            elif isinstance(response, dict):
-                try:
-                    parsed.append(RealtimeToolResponse.model_validate(response))
-                except ValueError as exc:
-                    raise ConfigError(f"invalid tool response {response!r}: {exc}") from exc
-            else:
-                raise ConfigError(
-                    f"tool response must be a RealtimeToolResponse or dict, got "
-                    f"{type(response).__name__}"
-                )
-        self._apply(translator.tool_responses(parsed))
+        self._apply(translator.tool_responses(parse_tool_responses(responses)))
 
     def _request_response(self, instruction: str | None) -> None:
         translator = self._live_translator("request_response")
-        if instruction is not None and not isinstance(instruction, str):
-            raise ConfigError(
-                f"instruction must be a string or None, got {type(instruction).__name__}"
-            )
+        check_instruction(instruction)
         self._apply(translator.request_response(instruction))
 
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
@@ -419,27 +400,24 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
 
     # ------------------------------------------------------------------ internals
 
-    def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Emit):
-                self.emit(action.name, action.payload)
-            elif isinstance(action, Send):
-                self._send(action.frame)
-            elif isinstance(action, HandshakeDone):
-                self._handshake_done()
-            elif isinstance(action, HandshakeFailed):
-                self._handshake_failed(action.error)
-            elif isinstance(action, UpdateDone | UpdateFailed):
-                waiter = self._update_waiters.get(action.event_id)
-                if waiter is not None and not waiter.done():
-                    if isinstance(action, UpdateDone):
-                        waiter.set_result(None)
-                    else:
-                        waiter.set_exception(action.error)
-            elif isinstance(action, Fatal):
-                self._fail(action.error)
-            elif isinstance(action, Reconnect):
-                self._start_reconnect(action.reason)
+    def _on_signal(self, signal: Signal) -> None:
+        if isinstance(signal, HandshakeDone):
+            self._handshake_done()
+        elif isinstance(signal, HandshakeFailed):
+            self._handshake_failed(signal.error)
+        elif isinstance(signal, UpdateDone | UpdateFailed):
+            waiter = self._update_waiters.get(signal.event_id)
+            if waiter is not None and not waiter.done():
+                if isinstance(signal, UpdateDone):
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(signal.error)
+        elif isinstance(signal, Fatal):
+            self._fail(signal.error)
+        elif isinstance(signal, Reconnect):
+            self._start_reconnect(signal.reason)
+        else:
+            super()._on_signal(signal)
 
     def _setup_input(self, config: RealtimeSessionConfig) -> None:
         wire = wire_format(config.input_audio)

@@ -1,6 +1,6 @@
 """Every frame GeminiLiveClient sends validates against ``google.genai.types.LiveClientMessage``
-and every frame GeminiSimulator sends against ``LiveServerMessage`` (the recipe of
-``shared/reference/gemini-live.md`` §6), over scenarios that exercise every message kind.
+and every frame GeminiSimulator sends against ``LiveServerMessage``, over scenarios that
+exercise every message kind.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ TOOL = ToolDefinition(
 
 
 def check_client_frame(raw: str | bytes) -> T.LiveClientMessage:
-    """The reference recipe (the SDK's setup model lacks realtimeInputConfig)."""
+    """One ``LiveClientMessage``; ``realtimeInputConfig`` is checked on its own (the SDK's setup
+    model lacks it)."""
     msg = json.loads(raw)
     s = msg.get("setup") or {}
     ric = s.pop("realtimeInputConfig", None) or s.pop("realtime_input_config", None)

@@ -1,5 +1,5 @@
 """The official ``google-genai`` Live client completes a session with a tool call against
-GeminiSimulator, over plain ``ws://`` (the trick in ``shared/reference/gemini-live.md`` §1).
+GeminiSimulator, over plain ``ws://`` (``sdk_client`` points the SDK's WebSocket base URL at it).
 Every frame the SDK sent validates against ``LiveClientMessage``.
 """
 
@@ -20,7 +20,8 @@ TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
 
 
 def check_client_frame(raw: str | bytes) -> T.LiveClientMessage:
-    """The reference recipe (the SDK's setup model lacks realtimeInputConfig)."""
+    """One ``LiveClientMessage``; ``realtimeInputConfig`` is checked on its own (the SDK's setup
+    model lacks it)."""
     msg = json.loads(raw)
     s = msg.get("setup") or {}
     ric = s.pop("realtimeInputConfig", None) or s.pop("realtime_input_config", None)

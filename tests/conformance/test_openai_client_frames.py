@@ -3,8 +3,8 @@
 The client runs the component scenarios against the simulator (full turn, tool round trip,
 request_response, in-place updates including a rejected voice change, barge-in with truncate
 and cancel, manual commits, G.711, a reconnect with its replay, Azure headers); every frame the
-simulator received is then validated with the strict discriminated ``TypeAdapter`` recipe of the
-reference (``openai.types.realtime.RealtimeClientEvent``).
+simulator received is then validated against ``openai.types.realtime.RealtimeClientEvent`` with
+the strict discriminated ``TypeAdapter`` recipe of ``providers/simulator/openai_schema.py``.
 """
 
 from __future__ import annotations

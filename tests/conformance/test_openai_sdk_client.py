@@ -1,8 +1,8 @@
 """The official ``openai`` SDK client completes a session with a tool call against the simulator.
 
-``AsyncOpenAI(websocket_base_url=sim.url_base).realtime.connect(model="gpt-realtime")``, as the
-reference (section 1) verified against a local fake: session.update, caller audio, the tool call,
-``function_call_output`` + ``response.create``, the spoken reply and ``response.done``. Every
+``AsyncOpenAI(websocket_base_url=sim.url_base).realtime.connect(model="gpt-realtime")``:
+session.update, caller audio, the tool call, ``function_call_output`` + ``response.create``,
+the spoken reply and ``response.done``. Every
 frame the SDK sent validates against the client-event union, every frame the simulator sent
 against the server-event union.
 """

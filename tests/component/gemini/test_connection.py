@@ -308,6 +308,28 @@ async def test_fatal_1008_on_a_live_session(kit: Kit) -> None:
     assert not client.connected
 
 
+async def test_malformed_server_frames_are_reported_and_the_session_goes_on(kit: Kit) -> None:
+    client, rec = await kit.connected()
+    conn = kit.sim.connections[0]
+    assert conn.ws is not None
+    await conn.ws.send("{not json")
+    await conn.ws.send(json.dumps({"serverContent": "x"}))
+    # half usable: the call before the bad one is still announced, then the error
+    calls = [{"id": "a", "name": "get_weather"}, {"id": "b"}]
+    await conn.ws.send(json.dumps({"toolCall": {"functionCalls": calls}}))
+    await rec.wait_count("error", 3)
+    errors = rec.of("error")
+    assert [e.code for e in errors] == ["malformed_frame"] * 3
+    assert all(e.recoverable for e in errors)
+    assert [c.call_id for c in rec.of("tool-call")] == ["a"]
+    assert rec.names()[-2:] == ["tool-call", "error"]
+    client.send_tool_response([RealtimeToolResponse(call_id="a", output={"temp_c": 18})])
+    for frame in utterance():
+        client.send_audio(frame)
+    await rec.wait_count("response-done")
+    assert client.state is SessionState.LIVE and rec.count("reconnecting") == 0
+
+
 async def test_resume_refused_while_the_old_socket_is_open(kit: Kit) -> None:
     client, rec = await kit.connected()
     handle = handles_sent(kit, 0)[-1]

@@ -230,8 +230,8 @@ async def test_manual_turns_commit_and_request(kit: Any) -> None:
 
 
 async def test_interrupted_response_cancels_its_unanswered_tool_call(kit: Any) -> None:
-    # the call shares its response with speech that follows it (reference §4), so the caller's
-    # barge-in during that speech cancels a response whose call is still unanswered
+    # the call shares its response with speech that follows it, as on the GA service, so the
+    # caller's barge-in during that speech cancels a response whose call is still unanswered
     say_after = "Let me look that up for you, it will only take a moment. " * 4
     script = SimScript(
         reply_text="Okay.", speed=1.0, tool_call=ToolCallScript(on_turn=1, say_after=say_after)

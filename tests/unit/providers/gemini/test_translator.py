@@ -1,4 +1,4 @@
-"""GeminiTranslator driven by wire JSON: every server message in the reference, every command."""
+"""GeminiTranslator driven by wire JSON: every kind of ``LiveServerMessage``, every command."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from protocol import (
     AudioFormat,
     AudioFormatError,
     ConfigError,
-    ErrorEvent,
     InterruptedEvent,
+    ProviderProtocolError,
     RealtimeSessionConfig,
     RealtimeToolResponse,
     ResponseDoneEvent,
@@ -37,6 +37,7 @@ from providers.gemini.translator import (
     parse_duration,
     qualify_model,
 )
+from providers.translator import MalformedFrame
 
 
 def wire(message: dict[str, Any], *, binary: bool = True) -> bytes | str:
@@ -695,11 +696,28 @@ def test_unknown_message_is_ignored(tr: GeminiTranslator) -> None:
         ).encode(),
     ],
 )
-def test_malformed_frames_become_recoverable_errors(tr: GeminiTranslator, raw: bytes) -> None:
-    out = tr.receive(raw)
-    errors = [p for n, p in events(out) if n == "error"]
-    assert len(errors) == 1 and isinstance(errors[0], ErrorEvent)
-    assert errors[0].recoverable and errors[0].code == "malformed_frame"
+def test_malformed_frames_raise_a_protocol_error(tr: GeminiTranslator, raw: bytes) -> None:
+    # as in the OpenAI translator: the transport reports it as a recoverable malformed_frame
+    with pytest.raises(ProviderProtocolError):
+        tr.receive(raw)
+    # the translator is still usable afterwards
+    out = tr.receive(wire({"serverContent": {"modelTurn": {"parts": [audio_part()]}}}))
+    assert names(out) == ["audio"]
+
+
+def test_a_partly_malformed_message_keeps_what_its_good_parts_produced(
+    tr: GeminiTranslator,
+) -> None:
+    message = {
+        "setupComplete": {},
+        "toolCall": {"functionCalls": [{"id": "a", "name": "f"}, {"id": "b"}]},
+    }
+    with pytest.raises(MalformedFrame, match="without a name") as caught:
+        tr.receive(wire(message))
+    salvaged = caught.value.salvaged
+    assert salvaged[0] == SetupComplete()
+    assert events(salvaged) == [("tool-call", ToolCallEvent(call_id="a", name="f", arguments={}))]
+    assert tr.pending_call_ids == ["a"]
 
 
 # ----------------------------------------------------------------- connection changes

@@ -3,7 +3,8 @@
 ``recorded/*.json`` are server frames recorded from a session between the client and
 ``providers.simulator.OpenAISimulator`` (audio deltas shortened); every builder below produces
 frames that validate against the ``openai`` SDK's server-event union (strict discriminated
-``TypeAdapter``, recipe in the reference), so hand-built frames stay faithful to the GA wire.
+``TypeAdapter``, the recipe of ``providers/simulator/openai_schema.py``), so hand-built frames
+stay faithful to the GA wire.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ class Wire:
     def reply(
         self, rid: str, item: str, text: str = "Hello there.", chunks: int = 2
     ) -> list[dict[str, Any]]:
-        """A complete spoken reply in the verified GA order (reference §3)."""
+        """A complete spoken reply in the GA order (as in ``recorded/full_turn.json``)."""
         words = text.split(" ")
         frames = [self.response_created(rid), self.message_added(rid, item)]
         for i, word in enumerate(words):

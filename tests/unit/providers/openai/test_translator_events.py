@@ -10,7 +10,8 @@ import pytest
 from protocol import AudioFormat, ProviderProtocolError, RealtimeSessionConfig
 from providers.openai.translator import OpenAITranslator
 
-# Every server event type of the reference (§3) and what the translator makes of it.
+# Every GA server event type (``openai.types.realtime.RealtimeServerEvent``) and what the
+# translator makes of it.
 SILENT_TYPES = [
     "session.created",
     "rate_limits.updated",

@@ -208,6 +208,7 @@ class SessionRunner:
         self._record_updates: dict[str, bytes] = {}
         self._final: tuple[WriteMode, float] | None = None
         self._pstate = orjson.dumps(record.provider_state)
+        self._pstate_version = -1  # the client's state_version when pstate was last exported
         # per-frame counters not yet added to the Prometheus series (see _flush_out_metrics)
         self._out_frames = 0
         self._out_seconds = 0.0
@@ -261,6 +262,7 @@ class SessionRunner:
                 self.provider, model=self.record.model, api_key=api_key, url=url, **options
             )
             self.client = client
+            self._pstate_version = -1  # a new client counts from 0 again
             for name in sorted(EVENT_NAMES):
                 client.on(name, self._handler(name))  # type: ignore[arg-type]
             return client
@@ -721,6 +723,10 @@ class SessionRunner:
     def _save_provider_state(self, *, queue: bool = True) -> dict[str, bytes]:
         if self.client is None:
             return {}
+        version = self.client.state_version
+        if version == self._pstate_version:
+            return {}  # nothing the export depends on changed: no need to build it
+        self._pstate_version = version
         try:
             state = orjson.dumps(self.client.export_state())
         except Exception:

@@ -304,6 +304,7 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         parsed = parse_tool_responses(responses)
         for frame in self._translator.tool_response_frames(parsed):
             self._send(frame)
+        self._state_changed()  # the answered calls leave the export's pending list
 
     def _request_response(self, instruction: str | None) -> None:
         """Prompt a model turn (see the class docstring for the wire form and why)."""
@@ -345,6 +346,11 @@ class GeminiLiveClient(WebSocketRealtimeClient):
             return {}
         lost = self._translator.calls_after_handle
         return {"handle": handle, "lost_calls": lost} if lost else {"handle": handle}
+
+    @property
+    def state_version(self) -> int:
+        """Also changes with every new resumption handle (which comes without an event)."""
+        return super().state_version + self._translator.handle_changes
 
     def import_state(self, state: dict[str, Any]) -> Literal["resumed", "replayed"] | None:
         """Resume an exported session on ``connect`` when ``state`` carries a handle.

@@ -200,6 +200,9 @@ class GeminiTranslator:
         self._check_provider_options(self._config)
         # resumption
         self._handle: str | None = None
+        #: counts changes of the handle (new, restored, dropped): part of the client's
+        #: ``state_version``, since a new handle changes the export without any event
+        self.handle_changes = 0
         self._last_update_resumable = False
         self._calls_after_handle: set[str] = set()
         self._lost_on_import: list[str] = []  # another process's calls a resume cannot answer
@@ -270,6 +273,7 @@ class GeminiTranslator:
         reports them once.
         """
         self._handle = handle
+        self.handle_changes += 1
         self._last_update_resumable = False
         lost = [call_id for call_id in lost_calls if call_id not in self._cancelled]
         self._cancelled.update(lost)
@@ -286,6 +290,7 @@ class GeminiTranslator:
     def drop_handle(self) -> None:
         """Forget the handle (the server rejected it); the next setup starts a new session."""
         self._handle = None
+        self.handle_changes += 1
         self._last_update_resumable = False
 
     @property
@@ -646,6 +651,7 @@ class GeminiTranslator:
         handle = body.get("newHandle")
         if body.get("resumable") is True and isinstance(handle, str) and handle:
             self._handle = handle
+            self.handle_changes += 1
             self._last_update_resumable = True
             # The session state behind this handle includes every call issued so far.
             self._calls_after_handle.clear()

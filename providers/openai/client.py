@@ -247,6 +247,7 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
         """Send tool results now; the follow-up ``response.create`` goes when it is due."""
         translator = self._live_translator("send_tool_response")
         self._apply(translator.tool_responses(parse_tool_responses(responses)))
+        self._state_changed()  # the results join the exported conversation
 
     def _request_response(self, instruction: str | None) -> None:
         translator = self._live_translator("request_response")

@@ -17,19 +17,13 @@ from typing import Any
 
 import pytest
 
-from protocol import AudioFormat, RealtimeSessionConfig
-from providers.simulator import OpenAISimulator, SimScript
+from providers.simulator import OpenAISimulator
 
 from .conftest import TIME_SCALE, Timeline, WorkerProcess, owner_of
+from .test_failover import CONFIG, SCRIPT  # the same OpenAI call as the failover tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CONFIG = RealtimeSessionConfig(
-    instructions="You are a helpful agent.",
-    input_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-    output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-)
-SCRIPT = SimScript(reply_text="Sure, I can help with that.", speed=4.0)
 STOPPED_S, RUNNING_S = 0.3, 0.1
 #: How long the queued sessions are left with only the slowed worker: without admission control
 #: it would pick them up in its running windows (it polls every 50 ms while it runs).

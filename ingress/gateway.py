@@ -819,6 +819,10 @@ class _Probe:
         return self._gateway.draining
 
     @property
+    def overloaded(self) -> bool:
+        return False  # the gateway has no load-aware admission (its limit is max_connections)
+
+    @property
     def health(self) -> RedisHealth:
         return self._gateway.health
 

@@ -3,8 +3,9 @@
 - ``/metrics``: the Prometheus text format of ``redisio.metrics.REGISTRY``.
 - ``/healthz``: 200 while the process is alive and its event loop responsive (the heartbeat task
   ticked within the last few seconds), else 503. Kubernetes restarts the pod on failure.
-- ``/readyz``: 200 while Redis is reachable, the worker is not draining and it has capacity
-  left, else 503 with the reason. Informational for a worker (arq pulls work, nothing is routed
+- ``/readyz``: 200 while Redis is reachable, the worker is not draining, not overloaded (its
+  event-loop lag is within budget, see ``worker.admission``) and it has capacity left, else 503
+  with the reason. Informational for a worker (arq pulls work, nothing is routed
   to it), used by the deploy's probes and dashboards.
 
 A minimal HTTP/1.0 responder on ``asyncio.start_server``: three fixed GET routes need no
@@ -46,6 +47,11 @@ class Probed(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+    @property
+    def overloaded(self) -> bool:
+        """True while the process takes no new work because its event loop is too slow."""
+        ...
 
     @property
     def health(self) -> RedisHealth: ...
@@ -92,6 +98,8 @@ class HealthServer:
                 return 503, "text/plain", b"draining\n"
             if not runtime.health.reachable():
                 return 503, "text/plain", b"redis unreachable\n"
+            if runtime.overloaded:
+                return 503, "text/plain", b"overloaded: event loop lag over budget\n"
             active, capacity = len(runtime.sessions), runtime.settings.max_sessions
             if active >= capacity:
                 return 503, "text/plain", f"full: {active}/{capacity} sessions\n".encode()

@@ -12,8 +12,12 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
+    "ADMISSION_PAUSED",
+    "ADMISSION_PAUSES",
     "AUDIO_FRAMES_DROPPED",
     "AUDIO_SECONDS",
+    "EVENT_LOOP_LAG",
+    "EVENT_LOOP_LAG_BUDGET",
     "FIRST_AUDIO_LATENCY",
     "FIRST_AUDIO_SLO_S",
     "FRAMES",
@@ -57,11 +61,33 @@ SESSIONS_ACTIVE = Gauge(
 )
 SESSIONS_CAPACITY = Gauge(
     "voicegrid_sessions_capacity",
-    "Sessions this worker admits at most (VOICEGRID_MAX_SESSIONS); 0 while draining.",
+    "Sessions this worker admits at most (VOICEGRID_MAX_SESSIONS); 0 while draining; the "
+    "sessions it already owns while admission is paused (event loop over its lag budget).",
     registry=REGISTRY,
 )
 WORKER_DRAINING = Gauge(
     "voicegrid_worker_draining", "1 while the worker drains after SIGTERM.", registry=REGISTRY
+)
+EVENT_LOOP_LAG = Gauge(
+    "voicegrid_event_loop_lag_seconds",
+    "How late the worker's event loop runs a timer: exponentially weighted mean, 2 s time "
+    "constant (the value admission compares with its budget).",
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG_BUDGET = Gauge(
+    "voicegrid_event_loop_lag_budget_seconds",
+    "The worker's event-loop lag budget (VOICEGRID_MAX_LOOP_LAG_S): above it admission pauses.",
+    registry=REGISTRY,
+)
+ADMISSION_PAUSED = Gauge(
+    "voicegrid_admission_paused",
+    "1 while the worker takes no new session because its event-loop lag is over budget.",
+    registry=REGISTRY,
+)
+ADMISSION_PAUSES = Counter(
+    "voicegrid_admission_pauses",
+    "Times the worker paused admission because its event-loop lag went over budget.",
+    registry=REGISTRY,
 )
 SESSIONS_STARTED = Counter(
     "voicegrid_sessions_started",

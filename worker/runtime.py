@@ -13,6 +13,10 @@ the ``/metrics`` server. arq carries the session jobs:
   of the next epoch, which continues the session.
 - ``max_jobs`` is the session capacity (``VOICEGRID_MAX_SESSIONS``): a full worker does not
   pull jobs, so the queue goes to workers with room.
+- Load-aware admission (:mod:`worker.admission`): the heartbeat measures the event loop's lag;
+  above ``VOICEGRID_MAX_LOOP_LAG_S`` the worker stops pulling jobs (arq's ``allow_pick_jobs``, as
+  in a drain) until the lag is below half the budget. Its sessions go on; new sessions, takeovers
+  and hand-offs are jobs, so they wait in the queue for a worker with a responsive loop.
 - ``max_tries=1`` and ``retry_jobs=False``: a job is never re-run by arq; a new epoch gets a new
   job id.
 
@@ -48,6 +52,10 @@ from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
 from redisio.lease import LeaseScripts
 from redisio.metrics import (
+    ADMISSION_PAUSED,
+    ADMISSION_PAUSES,
+    EVENT_LOOP_LAG,
+    EVENT_LOOP_LAG_BUDGET,
     HANDOFFS,
     REDIS_COMMAND_LATENCY,
     SESSIONS_ACTIVE,
@@ -59,6 +67,7 @@ from redisio.metrics import (
 )
 from redisio.pumps import OutputWriter, StreamReader
 
+from .admission import HEARTBEAT_S, AdmissionGate, LoopLagMeter
 from .session import Phase, SessionRunner
 from .settings import WorkerSettings
 
@@ -111,6 +120,9 @@ class WorkerRuntime:
         self._renew_now = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self.loop_tick = time.monotonic()
+        #: the event-loop lag, fed by the heartbeat (replaceable: tests slow one worker down)
+        self.lag = LoopLagMeter()
+        self.admission = AdmissionGate(settings.max_loop_lag_s)
         self._ended = asyncio.Condition()
 
     # --- start and stop ------------------------------------------------------------------------
@@ -131,8 +143,11 @@ class WorkerRuntime:
                 )
                 await backoff.wait()
         self.health.ok()
-        SESSIONS_CAPACITY.set(self.settings.max_sessions)
         WORKER_DRAINING.set(0)
+        EVENT_LOOP_LAG.set(self.lag.value)
+        EVENT_LOOP_LAG_BUDGET.set(self.admission.budget_s)
+        ADMISSION_PAUSED.set(int(self.admission.paused))
+        self._apply_admission()
         for coro, name in (
             (self.reader.run(), "reader"),
             (self.writer.run(), "writer"),
@@ -157,9 +172,7 @@ class WorkerRuntime:
         """Stop taking sessions and hand every live one over (bounded by the drain timeout)."""
         self.draining = True
         WORKER_DRAINING.set(1)
-        SESSIONS_CAPACITY.set(0)
-        if self.arq is not None:
-            self.arq.allow_pick_jobs = False
+        self._apply_admission()
         runners = list(self.sessions.values())
         if runners:
             log.info("draining: handing %d sessions over", len(runners))
@@ -187,9 +200,64 @@ class WorkerRuntime:
     def ready(self) -> bool:
         return (
             not self.draining
+            and not self.overloaded
             and self.health.reachable()
             and len(self.sessions) < self.settings.max_sessions
         )
+
+    # --- admission -----------------------------------------------------------------------------
+
+    @property
+    def overloaded(self) -> bool:
+        """True while admission is paused: the event-loop lag went over its budget."""
+        return self.admission.paused
+
+    @property
+    def capacity(self) -> int:
+        """Sessions this worker admits at most right now: 0 while draining, the sessions it
+        already owns while overloaded (no free slot), else ``max_sessions``."""
+        if self.draining:
+            return 0
+        if self.overloaded:
+            return len(self.sessions)
+        return self.settings.max_sessions
+
+    def loop_lagged(self, elapsed_s: float) -> None:
+        """The heartbeat's sleep of ``HEARTBEAT_S`` took ``elapsed_s``: update the lag and the
+        admission gate."""
+        lag = self.lag.observe(elapsed_s)
+        EVENT_LOOP_LAG.set(lag)
+        if self.admission.update(lag):
+            ADMISSION_PAUSED.set(int(self.admission.paused))
+            budget_ms = self.admission.budget_s * 1000
+            if self.admission.paused:
+                ADMISSION_PAUSES.inc()
+                log.warning(
+                    "event loop lag %.0f ms is over the %.0f ms budget: taking no new session "
+                    "(%d running)",
+                    lag * 1000,
+                    budget_ms,
+                    len(self.sessions),
+                )
+            else:
+                log.info(
+                    "event loop lag %.0f ms is below %.0f ms: taking sessions again",
+                    lag * 1000,
+                    budget_ms / 2,
+                )
+            self._apply_admission()
+
+    def _apply_admission(self) -> None:
+        """arq pulls session jobs only while this worker is neither draining nor overloaded (the
+        jobs it leaves stay queued for other workers). Called when that changes, not on every
+        tick: whoever else switched arq off is not overruled."""
+        if self.arq is not None:
+            self.arq.allow_pick_jobs = not (self.draining or self.overloaded)
+        self._publish_sessions()
+
+    def _publish_sessions(self) -> None:
+        SESSIONS_ACTIVE.set(len(self.sessions))
+        SESSIONS_CAPACITY.set(self.capacity)
 
     # --- the session job ----------------------------------------------------------------------
 
@@ -243,7 +311,7 @@ class WorkerRuntime:
             # yet (e.g. a stalled event loop): that runner must stop before this one starts
             stale.batch_fenced()
         self.sessions[session_id] = runner
-        SESSIONS_ACTIVE.set(len(self.sessions))
+        self._publish_sessions()
         SESSIONS_STARTED.labels(record.provider).inc()
         log.info("session %s epoch %d started (%s)", session_id, epoch, runner.kind)
         reason: str | None = None
@@ -254,7 +322,7 @@ class WorkerRuntime:
             # another worker takes the session over, as after a crash
             if self.sessions.get(session_id) is runner:
                 del self.sessions[session_id]
-            SESSIONS_ACTIVE.set(len(self.sessions))
+            self._publish_sessions()
             SESSIONS_ENDED.labels(record.provider, reason or "error").inc()
             async with self._ended:
                 self._ended.notify_all()
@@ -342,9 +410,11 @@ class WorkerRuntime:
                 runner.checkpoint(now)
 
     async def _heartbeat(self) -> None:
+        """Tick ``loop_tick`` for ``/healthz`` and measure how late the loop wakes us."""
         while True:
-            self.loop_tick = time.monotonic()
-            await asyncio.sleep(0.25)
+            before = self.loop_tick = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+            self.loop_lagged(time.monotonic() - before)
 
     async def _reap_loop(self) -> None:
         """Re-enqueue sessions whose lease expired (their owner died); runs on every worker."""
@@ -449,6 +519,7 @@ async def run_worker(
     await runtime.start()
     worker = arq_worker(runtime)
     runtime.arq = worker
+    runtime._apply_admission()  # overloaded already (a slow start): arq must not pull at all
     if started is not None and not started.done():
         started.set_result(runtime)
     stop = asyncio.create_task(stop_event.wait())

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from protocol.errors import ConfigError
 from redisio.settings import COMMON_ENVIRONMENT, CommonSettings, EnvTable, env_float, env_int
 
-__all__ = ["ENVIRONMENT", "LEASE_RENEW_S", "LEASE_TTL_S", "MAX_SESSIONS", "WorkerSettings"]
+__all__ = [
+    "ENVIRONMENT",
+    "LEASE_RENEW_S",
+    "LEASE_TTL_S",
+    "MAX_LOOP_LAG_S",
+    "MAX_SESSIONS",
+    "WorkerSettings",
+]
 
 #: Default seconds a session lease lives without renewal; a dead owner is replaced after this.
 LEASE_TTL_S = 3.0
@@ -21,6 +28,10 @@ LEASE_TTL_S = 3.0
 LEASE_RENEW_S = 1.0
 #: Default number of sessions one worker runs at most.
 MAX_SESSIONS = 100
+#: Default event-loop lag (smoothed, seconds) above which a worker takes no new session: 2.5
+#: frames of 20 ms, where callers' jitter buffers (40-60 ms) run dry; far above a healthy loop's
+#: 1-2 ms, so it never caps a healthy worker below MAX_SESSIONS (docs/decisions.md, 2026-12-06).
+MAX_LOOP_LAG_S = 0.05
 
 ENVIRONMENT: EnvTable = {
     **COMMON_ENVIRONMENT,
@@ -31,6 +42,11 @@ ENVIRONMENT: EnvTable = {
     "VOICEGRID_MAX_SESSIONS": (str(MAX_SESSIONS), "sessions one worker runs at most"),
     "VOICEGRID_LEASE_TTL_S": (str(LEASE_TTL_S), "session lease lifetime without renewal, s"),
     "VOICEGRID_LEASE_RENEW_S": (str(LEASE_RENEW_S), "session lease renewal interval, s"),
+    "VOICEGRID_MAX_LOOP_LAG_S": (
+        str(MAX_LOOP_LAG_S),
+        "event-loop lag budget, s: above it the worker takes no new session until the lag is "
+        "below half of it",
+    ),
     "VOICEGRID_WORKER_ID": ("", "worker identity in leases (default: hostname-pid)"),
 }
 
@@ -46,6 +62,7 @@ class WorkerSettings(CommonSettings):
     max_sessions: int = MAX_SESSIONS
     lease_ttl_s: float = LEASE_TTL_S
     lease_renew_s: float = LEASE_RENEW_S
+    max_loop_lag_s: float = MAX_LOOP_LAG_S
     worker_id: str = ""
 
     @classmethod
@@ -68,5 +85,6 @@ class WorkerSettings(CommonSettings):
             max_sessions=env_int(env, ENVIRONMENT, "VOICEGRID_MAX_SESSIONS", 1, 100_000),
             lease_ttl_s=ttl,
             lease_renew_s=renew,
+            max_loop_lag_s=env_float(env, ENVIRONMENT, "VOICEGRID_MAX_LOOP_LAG_S", 0.005, 60.0),
             worker_id=env.get("VOICEGRID_WORKER_ID", ""),
         )

@@ -77,6 +77,7 @@ def test_a_lease_is_trusted_locally_only_until_most_of_its_ttl() -> None:
 def _runtime(**changes: object) -> SimpleNamespace:
     base = SimpleNamespace(
         draining=False,
+        overloaded=False,
         sessions={},
         settings=WorkerSettings(redis_url="redis://x", max_sessions=2),
         health=SimpleNamespace(reachable=lambda: True),

@@ -2,7 +2,7 @@
 
 Application code does not change when it goes distributed: the client writes caller audio and
 commands to the session's input stream and reads events from its output stream, while a worker
-somewhere owns the provider connection (ARCHITECTURE §2, §4).
+somewhere owns the provider connection (``docs/architecture.md``, ``docs/streams.md``).
 
 Per process (per event loop and Redis client) there is one :class:`IngressHub`, shared by every
 client: one coalescing writer (everything queued since its last round trip goes out in one
@@ -219,7 +219,7 @@ _Pending = tuple[dict[str, Any], "asyncio.Future[Any] | None"]
 
 
 class RedisRealtimeClient(RealtimeAudioClient):
-    """A voice session run by a voicegrid worker, driven through Redis (ARCHITECTURE §2).
+    """A voice session run by a voicegrid worker, driven through Redis (``docs/streams.md``).
 
     ``RedisRealtimeClient(redis_url, *, provider, model, session_id=None, **options)``:
     ``options`` go to the provider client on the worker (``providers.create_client``), except

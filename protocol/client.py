@@ -239,7 +239,7 @@ class AudioSendBuffer:
 
 
 class RealtimeAudioClient(EventEmitter, abc.ABC):
-    """One realtime voice session with a speech-to-speech model (ARCHITECTURE §2).
+    """One realtime voice session with a speech-to-speech model (``docs/architecture.md``).
 
     ``connected`` is true from the moment ``connect`` (or ``attach``) resolves until the session
     ends (``closed``), including while the client reconnects transparently.

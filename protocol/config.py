@@ -1,4 +1,4 @@
-"""Session configuration, tools and capabilities (ARCHITECTURE §2).
+"""Session configuration, tools and capabilities (``docs/architecture.md``).
 
 All models are pydantic v2 and frozen. Invalid values raise :class:`protocol.errors.ConfigError`
 through :func:`parse_config` / :func:`parse_update`; constructing a model directly raises

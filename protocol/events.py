@@ -1,4 +1,4 @@
-"""The event vocabulary (ARCHITECTURE §2): names and their frozen payload models."""
+"""The event vocabulary: names and their frozen payload models (``docs/architecture.md``)."""
 
 from __future__ import annotations
 

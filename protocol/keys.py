@@ -1,4 +1,4 @@
-"""Every Redis key voicegrid uses, in one place (ARCHITECTURE §4).
+"""Every Redis key voicegrid uses, in one place (``docs/streams.md``).
 
 A deployment's keys start with a namespace (``VOICEGRID_NAMESPACE``, default ``voicegrid``) so
 several deployments and test runs can share one Redis. A session's keys all carry the Redis

@@ -1,4 +1,4 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` on ``VOICEGRID_METRICS_PORT`` (ARCHITECTURE §5).
+"""``/metrics``, ``/healthz`` and ``/readyz`` on ``VOICEGRID_METRICS_PORT`` (docs/operations.md).
 
 - ``/metrics``: the Prometheus text format of ``redisio.metrics.REGISTRY``.
 - ``/healthz``: 200 while the process is alive and its event loop responsive (the heartbeat task

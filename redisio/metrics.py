@@ -1,4 +1,4 @@
-"""Every Prometheus metric voicegrid exports lives here (ARCHITECTURE §5).
+"""Every Prometheus metric voicegrid exports lives here (``docs/operations.md``).
 
 Names are prefixed ``voicegrid_``, values are in base units (seconds, bytes), labels never carry
 session ids (cardinality stays bounded: provider, direction, reason, code, command). Histogram

@@ -1,4 +1,4 @@
-"""The conversation summary a worker keeps for replay after a takeover (ARCHITECTURE §4.2).
+"""The conversation summary a worker keeps for replay after a takeover (``docs/streams.md``).
 
 The worker records what was said (final transcripts), tool calls and tool results, bounded by
 item count and text size, and saves it in the session record. A new owner whose provider client

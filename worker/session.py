@@ -393,14 +393,14 @@ class SessionRunner:
 
     def batch_fenced(self) -> None:
         """The lease is gone (writes rejected): stop at once, write nothing more."""
-        if self.phase in (Phase.FENCED, Phase.ENDED):
-            return
+        if Phase.FENCED not in TRANSITIONS[self.phase]:
+            return  # already fenced, or ended: nothing left to stop
         log.warning(
             "session %s: lease epoch %d lost; this worker stops the session",
             self.session_id,
             self.lease.epoch,
         )
-        self.phase = Phase.FENCED
+        self._to(Phase.FENCED)
         self.end_reason = "fenced"
         self.runtime.reader.remove(self.keys.input)
         self._outbox.clear()

@@ -1,7 +1,7 @@
 """Loopback WebSocket server infrastructure shared by every simulator front-end.
 
 :class:`BaseSimulator` owns the listening socket, the accepted connections and the test API
-pinned in ``briefs/simulator-api.md`` (``connections``, ``audio_in``, ``turns``, ``drop``,
+documented in ``docs/simulator.md`` (``connections``, ``audio_in``, ``turns``, ``drop``,
 ``wait_for``). A front-end subclasses it and supplies:
 
 - ``path`` (class attribute or property): the HTTP path clients connect to; ``url`` is built

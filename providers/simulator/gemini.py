@@ -736,7 +736,7 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class GeminiSimulator(BaseSimulator):
-    """Loopback Gemini Live server (pinned test API in ``briefs/simulator-api.md``).
+    """Loopback Gemini Live server (test API in ``docs/simulator.md``).
 
     ``url`` is the v1beta ``BidiGenerateContent`` endpoint on the loopback host.
     ``validate=True`` checks every frame against ``google.genai.types.LiveServerMessage``

@@ -100,7 +100,7 @@ class ToolCallScript:
 
 @dataclass
 class SimScript:
-    """The scripted behaviour of a simulator (pinned API, see ``briefs/simulator-api.md``).
+    """The scripted behaviour of a simulator (``docs/simulator.md``).
 
     ``speed`` paces reply audio: 1.0 is real time, 20.0 twenty times faster, 0 sends the whole
     reply at once. ``vad_threshold_rms`` is the RMS (PCM16 units) above which a 10 ms window

@@ -973,7 +973,7 @@ def _item_json(memory: ConversationItem) -> dict[str, Any]:
 
 
 class OpenAISimulator(BaseSimulator):
-    """Loopback OpenAI Realtime GA server (pinned test API in ``briefs/simulator-api.md``).
+    """Loopback OpenAI Realtime GA server (test API in ``docs/simulator.md``).
 
     ``url`` is ``ws://HOST:PORT/v1/realtime`` (clients append ``?model=``); ``url_base`` is the
     ``/v1`` base for the official SDK's ``websocket_base_url``. ``validate=True`` checks every

@@ -1,10 +1,20 @@
-"""Shared test fixtures and the CI guard for integration tests."""
+"""The CI guard for integration tests, and the check of ``VOICEGRID_TEST_TIME_SCALE``.
+
+Helpers every suite shares are in ``tests/support/`` (``timing.py`` documents the time scale);
+the fixtures of the component tests in ``tests/component/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A bad ``VOICEGRID_TEST_TIME_SCALE`` stops the run with one line naming it (the import
+    raises ``pytest.UsageError``), before any test module is collected."""
+    from .support import timing  # noqa: F401
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from protocol.keys import Keys
 from providers.simulator import OpenAISimulator, SimScript
 
+from ...support.timing import scaled
 from .conftest import check_every_frame_arrived, start_call
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -125,7 +126,7 @@ async def test_a_stopped_owner_past_its_lease_is_fenced_when_it_resumes(
         stale.signal(signal.SIGSTOP)
         reconnected_at, _ = await timeline.wait("reconnected", after=stopped_at, within=15)
         stale.signal(signal.SIGCONT)
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(scaled(15)):
             while (  # noqa: ASYNC110 - the stale process reports only through /metrics
                 await stale.metric(
                     "voicegrid_sessions_ended_total", provider="openai", reason="fenced"
@@ -133,7 +134,7 @@ async def test_a_stopped_owner_past_its_lease_is_fenced_when_it_resumes(
                 != 1
             ):
                 await asyncio.sleep(0.1)
-        await sim.wait_for(lambda s: s.connections[0].closed, timeout=10)
+        await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(10))
         await timeline.wait("audio", after=time.monotonic(), within=15)  # the new owner goes on
         await call.stop()
         seqs = await check_every_frame_arrived(sim, call.sent, frames)

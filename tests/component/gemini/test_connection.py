@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import numpy as np
 import pytest
@@ -90,7 +89,8 @@ async def test_go_away_mid_audio_switches_seamlessly(kit: Kit) -> None:
     # every caller byte arrived exactly once, in order, across both connections
     assert kit.sim.audio_in == b"".join(sent)
     assert old.audio_in + new.audio_in == b"".join(sent)
-    # the old socket was closed by the client (1000) before the new setup arrived
+    # the old socket was closed by the client (1000, not the simulator's 1011 at the goAway
+    # deadline) before the new setup arrived: the switch beat timeLeft (docs/decisions.md)
     assert old.closed and old.close_code == 1000
     assert old.session.closed_at <= new.session.setup_at  # type: ignore[union-attr]
     assert new.received[0]["setup"]["sessionResumption"] == {"handle": last_handle}
@@ -99,11 +99,11 @@ async def test_go_away_mid_audio_switches_seamlessly(kit: Kit) -> None:
         "reconnected",
     ]
     assert rec.of("reconnected")[0].strategy == "resumed"
+    # at the first lossless point, not by the timer before the deadline ("goAway deadline")
     assert rec.of("reconnecting")[0].reason == "goAway"
     assert client.audio_stats.dropped_frames == 0
 
     switch_s = new.session.first_audio_at - old.session.go_away_at  # type: ignore[union-attr,operator]
-    assert switch_s < scaled(2.0)  # well before timeLeft ran out
     print(
         f"\ngoAway switch: {switch_s * 1000:.1f} ms from goAway to the first audio on the new "
         f"socket; {reconnecting_frames} caller frames ({reconnecting_frames * FRAME_MS} ms) "
@@ -136,10 +136,11 @@ async def test_go_away_deadline_fires_without_messages(kit: Kit) -> None:
         client.send_audio(frame)
     await rec.wait_count("tool-call")
     call_id = rec.of("tool-call")[0].call_id
-    started = time.monotonic()
     await kit.sim.go_away(time_left_s=scaled(0.6))  # no resumable point comes: a call is pending
     await rec.wait_count("reconnected", seconds=5)
-    assert time.monotonic() - started < scaled(0.6)
+    # the client's own timer, min(margin, timeLeft/2) before the deadline (docs/decisions.md),
+    # started the switch: not a message, and not the simulator's close at the deadline
+    assert [e.reason for e in rec.of("reconnecting")] == ["goAway deadline"]
     # the resumed session predates the call: it is reported cancelled, its result dropped
     assert rec.of("tool-call-cancelled")[0].call_ids == [call_id]
     assert [d.status for d in rec.of("response-done")] == ["incomplete"]

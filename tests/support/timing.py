@@ -5,7 +5,8 @@ Every timeout and deadline a test sets (``asyncio.timeout``, ``wait_for``, ``eve
 ``scaled(seconds)``: the figure for an idle developer machine times ``TIME_SCALE``. On a slow or
 loaded machine run ``VOICEGRID_TEST_TIME_SCALE=3 make test``; the default is 1. Figures the code
 under test is configured with (lease TTLs, drain budgets) scale too where a test sets them, so
-their ratios to the waits stay the same.
+their ratios to the waits stay the same, and so do pytest-timeout's per-test limits
+(``tests/conftest.py``).
 
 Shared test helpers live in ``tests/support/`` and are imported relatively (``from
 ...support.timing import scaled``): pytest imports the tests as the package ``tests``

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ from protocol.errors import ConfigError
 from redisio.settings import COMMON_ENVIRONMENT, CommonSettings, format_environment
 
 from . import __version__
-from .logs import configure_logging
+from .logs import configure_logging, console_line
 
 __all__ = ["build_parser", "main"]
 
@@ -176,8 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except ConfigError as exc:
-        print(f"voicegrid {args.command}: {exc}", file=sys.stderr)
+        message = f"voicegrid {args.command}: {exc}"
+        print(console_line(message, level=logging.ERROR), file=sys.stderr)
         return 2
+    except Exception:
+        # through logging, so that with VOICEGRID_LOG_FORMAT=json the traceback is a record too
+        logging.getLogger("voicegrid").exception("voicegrid %s failed", args.command)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,18 +5,22 @@ UTC, milliseconds), ``level``, ``logger``, ``message`` (the formatted message), 
 (the whole traceback as one string, when there is one), ``stack`` (with ``stack_info``), and every
 ``extra=`` field (e.g. ``session_id``) as a key of its own. Values JSON cannot hold are written as
 their ``str``. orjson escapes newlines inside strings, so a traceback never splits a line.
+Lines a command prints itself (a readiness line, an error before logging is set up) go through
+:func:`console_line`, so in ``json`` mode they are records too.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "console_line", "json_requested"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -66,3 +70,21 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def json_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``VOICEGRID_LOG_FORMAT`` asks for JSON (read before any settings are parsed)."""
+    env = os.environ if environ is None else environ
+    return env.get("VOICEGRID_LOG_FORMAT", "").strip().lower() == "json"
+
+
+def console_line(
+    message: str, *, logger: str = "voicegrid", level: int = logging.INFO, **fields: Any
+) -> str:
+    """A line a command prints itself: ``message`` as it is, or, when JSON logs are asked for,
+    one record like every log line (``fields`` become keys)."""
+    if not json_requested():
+        return message
+    record = logging.LogRecord(logger, level, "", 0, message, None, None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)

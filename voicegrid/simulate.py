@@ -16,11 +16,10 @@ import math
 import os
 import sys
 
-import orjson
-
 from protocol.errors import ConfigError
 from providers.simulator import BaseSimulator, GeminiSimulator, OpenAISimulator, SimScript
 
+from .logs import console_line
 from .runloop import run_main, stop_on_signals
 
 __all__ = ["build_simulator", "run", "script_from_env"]
@@ -76,13 +75,9 @@ async def _serve(simulator: BaseSimulator) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop, logger)
     async with simulator:
-        # the readiness line on stdout (scripts wait for it): JSON when the logs are JSON
-        name = type(simulator).__name__
-        if os.environ.get("VOICEGRID_LOG_FORMAT", "text").strip().lower() == "json":
-            line = orjson.dumps({"message": f"{name} listening", "url": simulator.url}).decode()
-        else:
-            line = f"{name} listening on {simulator.url}"
-        print(line, flush=True)
+        # the readiness line on stdout (scripts wait for it): a JSON record when the logs are JSON
+        message = f"{type(simulator).__name__} listening on {simulator.url}"
+        print(console_line(message, logger=logger.name, url=simulator.url), flush=True)
         await stop.wait()
         logger.info("stopping simulator")
 
@@ -97,13 +92,12 @@ def run(args: argparse.Namespace) -> int:
             script_from_env(),
         )
     except ConfigError as exc:
-        print(f"voicegrid simulate: {exc}", file=sys.stderr)
+        print(console_line(f"voicegrid simulate: {exc}", level=logging.ERROR), file=sys.stderr)
         return 2
     try:
         run_main(_serve(simulator))
     except OSError as exc:
-        print(
-            f"voicegrid simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
-        )
+        message = f"voicegrid simulate: cannot listen on {args.host}:{args.port}: {exc}"
+        print(console_line(message, level=logging.ERROR), file=sys.stderr)
         return 1
     return 0

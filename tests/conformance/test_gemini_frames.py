@@ -5,16 +5,11 @@ exercise every message kind.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-import numpy as np
 import orjson
 import pytest
-from google.genai import types as T
 
 from protocol import (
     AudioFormat,
@@ -23,12 +18,14 @@ from protocol import (
     ToolDefinition,
     TurnDetection,
 )
-from protocol.events import EVENT_NAMES
 from providers.gemini import GeminiLiveClient
 from providers.simulator import SimScript, ToolCallScript
 from providers.simulator.gemini import GeminiSimulator
 
-TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
+from ..support.genai import check_client_frame, check_server_frame
+from ..support.recorder import Recorder, silence, tone
+from ..support.timing import scaled
+
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 TOOL = ToolDefinition(
     name="get_weather",
@@ -37,54 +34,9 @@ TOOL = ToolDefinition(
 )
 
 
-def check_client_frame(raw: str | bytes) -> T.LiveClientMessage:
-    """One ``LiveClientMessage``; ``realtimeInputConfig`` is checked on its own (the SDK's setup
-    model lacks it)."""
-    msg = json.loads(raw)
-    s = msg.get("setup") or {}
-    ric = s.pop("realtimeInputConfig", None) or s.pop("realtime_input_config", None)
-    if ric is not None:
-        T.RealtimeInputConfig.model_validate(ric)
-    if len(msg) != 1:
-        raise ValueError(f"one top-level key expected: {list(msg)}")
-    return T.LiveClientMessage.model_validate(msg)
-
-
-def check_server_frame(raw: str | bytes) -> T.LiveServerMessage:
-    return T.LiveServerMessage.model_validate_json(raw)
-
-
-class Events:
-    def __init__(self, client: GeminiLiveClient) -> None:
-        self.names: list[str] = []
-        self.changed = asyncio.Event()
-        for name in sorted(EVENT_NAMES):
-            client.on(name, self._record(name))  # type: ignore[arg-type]
-
-    def _record(self, name: str) -> Callable[[Any], None]:
-        def handle(_payload: Any) -> None:
-            self.names.append(name)
-            self.changed.set()
-
-        return handle
-
-    async def wait(self, name: str, count: int = 1, seconds: float = 5.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds * TIME_SCALE
-        while self.names.count(name) < count:
-            remaining = deadline - loop.time()
-            assert remaining > 0, f"no {count}x {name!r} in time; events {self.names}"
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except TimeoutError:
-                continue
-
-
 def speech(rate: int = 16000) -> list[bytes]:
-    t = np.arange(rate * 400 // 1000) / rate
-    loud = (6000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
-    audio = loud + b"\x00\x00" * (rate // 2)
+    """20 ms frames: 400 ms of speech, then 500 ms of silence (the turn ends)."""
+    audio = tone(400, rate) + silence(500, rate)
     step = rate // 50 * 2
     return [audio[i : i + step] for i in range(0, len(audio), step)]
 
@@ -110,55 +62,57 @@ async def run_scenarios(sim: GeminiSimulator) -> None:
         turn_detection=TurnDetection(silence_ms=300, prefix_padding_ms=100, threshold=0.7),
     )
     client = GeminiLiveClient(model=MODEL, url=sim.url, backoff_initial_s=0.05)
-    events = Events(client)
+    events = Recorder(client)
     await client.connect(config)
     for frame in speech(24000):
         client.send_audio(frame)
-    await events.wait("tool-call")
+    await events.wait_count("tool-call")
     call_id = sim.connections[0].sent[-1]["toolCall"]["functionCalls"][0]["id"]
     client.send_tool_response([RealtimeToolResponse(call_id=call_id, output={"temp": 21})])
-    await events.wait("response-done")
+    await events.wait_count("response-done")
 
     sim.script.tool_call = ToolCallScript(on_turn=0)  # a call every turn, then a barge-in
     for frame in speech(24000):
         client.send_audio(frame)
-    await events.wait("tool-call", 2)
+    await events.wait_count("tool-call", 2)
     for frame in speech(24000):
         client.send_audio(frame)
-    await events.wait("tool-call-cancelled")
+    await events.wait_count("tool-call-cancelled")
     sim.script.tool_call = None
 
     sim.script.speed = 2.0
     client.request_response("Tell me a story.")
-    await events.wait("audio")
+    await events.wait_count("audio")
     for frame in speech(24000):
         client.send_audio(frame)
-    await events.wait("interrupted")
+    await events.wait_count("interrupted")
     sim.script.speed = 25.0
-    await events.wait("response-done", 4, seconds=10)
+    await events.wait_count("response-done", 4, seconds=10)
 
     client.request_response(None)  # audioStreamEnd
-    await sim.go_away(time_left_s=1.0)
-    await events.wait("reconnected")
+    await sim.go_away(time_left_s=scaled(1.0))
+    await events.wait_count("reconnected")
     await sim.drop(1011)
-    await events.wait("reconnected", 2)
+    await events.wait_count("reconnected", 2)
     await client.update_config({"instructions": "Be briefer.", "output_transcription": False})
-    await events.wait("config-updated")
+    await events.wait_count("config-updated")
     await client.update_config(
         {"provider_options": {"setup": {"sessionResumption": None}}}
     )  # from now on no handles: the next drop replays the conversation
     await sim.drop(1011)
-    await events.wait("reconnected", 4)
-    await sim.wait_for(lambda s: any("clientContent" in f for f in s.connections[-1].received))
+    await events.wait_count("reconnected", 4)
+    await sim.wait_for(
+        lambda s: any("clientContent" in f for f in s.connections[-1].received), timeout=scaled(5)
+    )
     await client.disconnect()
 
     manual = GeminiLiveClient(model=f"models/{MODEL}", url=sim.url)
-    events = Events(manual)
+    events = Recorder(manual)
     await manual.connect(RealtimeSessionConfig(turn_detection=TurnDetection(mode="manual")))
     for frame in speech(24000):
         manual.send_audio(frame)
     manual.request_response("and the weather?")
-    await events.wait("response-done")
+    await events.wait_count("response-done")
     await manual.disconnect()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 
 import numpy as np
 from google import genai
@@ -16,20 +15,8 @@ from google.genai import types as T
 from providers.simulator import SimScript, ToolCallScript
 from providers.simulator.gemini import GeminiSimulator
 
-TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
-
-
-def check_client_frame(raw: str | bytes) -> T.LiveClientMessage:
-    """One ``LiveClientMessage``; ``realtimeInputConfig`` is checked on its own (the SDK's setup
-    model lacks it)."""
-    msg = json.loads(raw)
-    s = msg.get("setup") or {}
-    ric = s.pop("realtimeInputConfig", None) or s.pop("realtime_input_config", None)
-    if ric is not None:
-        T.RealtimeInputConfig.model_validate(ric)
-    if len(msg) != 1:
-        raise ValueError(f"one top-level key expected: {list(msg)}")
-    return T.LiveClientMessage.model_validate(msg)
+from ..support.genai import check_client_frame
+from ..support.timing import scaled
 
 
 def sdk_client(sim: GeminiSimulator, api_key: str) -> genai.Client:
@@ -121,7 +108,7 @@ async def test_official_sdk_completes_a_session_with_a_tool_call() -> None:
                         handles.append(message.session_resumption_update.new_handle)
                 return call
 
-        call = await asyncio.wait_for(session_run(), 10 * TIME_SCALE)
+        call = await asyncio.wait_for(session_run(), scaled(10))
 
     assert call.name == "get_weather" and call.args == {"city": "Paris"}
     assert "sunny, 21 C" in transcript

@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Annotated, Any, Union, get_args
 
-import numpy as np
 import pytest
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import Field, TypeAdapter, ValidationError
@@ -28,6 +27,10 @@ from protocol import (
 from protocol.audio import pcm16_to_alaw
 from providers.openai import OpenAIRealtimeClient
 from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
+
+from ..support.recorder import Recorder
+from ..support.recorder import silence as _silence
+from ..support.recorder import tone as _tone
 
 
 def _strict(union: Any) -> TypeAdapter[Any]:
@@ -44,61 +47,25 @@ WEATHER = ToolDefinition(
 
 
 def tone(ms: int, rate: int = 24000) -> bytes:
-    t = np.arange(rate * ms // 1000) / rate
-    return (6000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
+    return _tone(ms, rate)
 
 
 def silence(ms: int, rate: int = 24000) -> bytes:
-    return bytes(2 * (rate * ms // 1000))
+    return _silence(ms, rate)
 
 
-class Session:
-    """A client on a simulator with event counting and no blind sleeps."""
-
-    def __init__(self, client: OpenAIRealtimeClient) -> None:
-        self.client = client
-        self.events: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-        for name in (
-            "audio",
-            "tool-call",
-            "tool-call-cancelled",
-            "interrupted",
-            "response-done",
-            "reconnecting",
-            "reconnected",
-            "error",
-            "closed",
-        ):
-            client.on(name, self._handler(name))  # type: ignore[arg-type]
-
-    def _handler(self, name: str) -> Callable[[Any], None]:
-        def handle(payload: Any) -> None:
-            self.events.append((name, payload))
-            self._changed.set()
-
-        return handle
-
-    def count(self, name: str) -> int:
-        return sum(1 for n, _ in self.events if n == name)
-
-    async def wait(self, name: str, n: int = 1, seconds: float = 10.0) -> None:
-        async with asyncio.timeout(seconds):
-            while self.count(name) < n:
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def send(self, audio: bytes, frame: int = 960) -> None:
-        for start in range(0, len(audio), frame):
-            self.client.send_audio(audio[start : start + frame])
-            await asyncio.sleep(0)
+async def send(client: OpenAIRealtimeClient, audio: bytes, frame: int = 960) -> None:
+    """``audio`` in frames (20 ms of 24 kHz PCM16 by default), letting the writer run between."""
+    for start in range(0, len(audio), frame):
+        client.send_audio(audio[start : start + frame])
+        await asyncio.sleep(0)
 
 
 async def conversation_scenario(sim: OpenAISimulator) -> None:
     client = OpenAIRealtimeClient(
         model="gpt-realtime", url=sim.url, backoff_initial_s=0.01, backoff_max_s=0.05
     )
-    s = Session(client)
+    s = Recorder(client, within=10)
     await client.connect(
         RealtimeSessionConfig(
             instructions="Be brief.",
@@ -111,31 +78,31 @@ async def conversation_scenario(sim: OpenAISimulator) -> None:
         )
     )
     # turn 1: tool call and its round trip
-    await s.send(tone(500) + silence(500))
-    await s.wait("tool-call")
+    await send(client, tone(500) + silence(500))
+    await s.wait_count("tool-call")
     call = next(p for n, p in s.events if n == "tool-call")
     client.send_tool_response([RealtimeToolResponse(call_id=call.call_id, output={"t": 21})])
-    await s.wait("response-done", 2)
+    await s.wait_count("response-done", 2)
     # request_response and in-place updates (one with a voice change after audio)
     client.request_response("Say goodbye.")
-    await s.wait("response-done", 3)
+    await s.wait_count("response-done", 3)
     await client.update_config({"instructions": "Be briefer.", "voice": "cedar"})
     await client.update_config({"input_transcription": False, "max_output_tokens": None})
     await client.update_config({"tool_choice": "get_weather"})
     # a reconnect: config and conversation (messages, function call and output) replayed
     await sim.drop(1011)
-    await s.wait("reconnected")
+    await s.wait_count("reconnected")
     # barge-in over a long reply, with the client cancelling the response itself
     await client.update_config({"turn_detection": TurnDetection(interrupt_response=False)})
     sim.script.reply_text = "A long answer that goes on and on for quite a while indeed."
     sim.script.speed = 1.0
-    await s.send(tone(500) + silence(500))
-    await s.wait("audio", s.count("audio") + 3)
-    await s.send(tone(500))
-    await s.wait("interrupted")
+    await send(client, tone(500) + silence(500))
+    await s.wait_count("audio", s.count("audio") + 3)
+    await send(client, tone(500))
+    await s.wait_count("interrupted")
     sim.script.reply_text, sim.script.speed = "Okay.", 0
-    await s.send(silence(500))
-    await s.wait("response-done", 5)
+    await send(client, silence(500))
+    await s.wait_count("response-done", 5)
     await client.disconnect()
 
 
@@ -144,7 +111,7 @@ async def telephony_scenario(sim: OpenAISimulator) -> None:
     client = OpenAIRealtimeClient(
         model="gpt-realtime", url=sim.url, api_key="sk-test", auth_header="api-key"
     )
-    s = Session(client)
+    s = Recorder(client, within=10)
     await client.connect(
         RealtimeSessionConfig(
             input_audio=fmt,
@@ -154,9 +121,9 @@ async def telephony_scenario(sim: OpenAISimulator) -> None:
             provider_options={"audio": {"input": {"noise_reduction": {"type": "far_field"}}}},
         )
     )
-    await s.send(pcm16_to_alaw(tone(400, 8000)), frame=160)
+    await send(client, pcm16_to_alaw(tone(400, 8000)), frame=160)
     client.request_response()
-    await s.wait("response-done")
+    await s.wait_count("response-done")
     await client.update_config(
         {"turn_detection": TurnDetection(mode="semantic_vad"), "output_audio": AudioFormat()}
     )

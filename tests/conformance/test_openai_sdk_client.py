@@ -19,6 +19,8 @@ from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
 from providers.simulator.model import synthesize_speech
 from providers.simulator.openai_schema import validate_client_event, validate_server_event
 
+from ..support.timing import scaled
+
 TIMEOUT = 10.0
 
 
@@ -35,7 +37,7 @@ async def test_sdk_client_completes_a_tool_call_session() -> None:
         audio = bytearray()
         transcript = ""
         calls: list[Any] = []
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(scaled(TIMEOUT)):
             async with client.realtime.connect(model="gpt-realtime") as conn:
                 await conn.session.update(
                     session={

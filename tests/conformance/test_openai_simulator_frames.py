@@ -27,6 +27,8 @@ from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
 from providers.simulator.model import synthesize_speech
 from providers.simulator.openai_schema import validate_server_event
 
+from ..support.timing import scaled
+
 #: every wait in this file scales with this one constant
 TIMEOUT = 5.0
 KEY = "sk-test"
@@ -82,7 +84,7 @@ class Client:
 
     async def next(self, kind: str) -> dict[str, Any]:
         """The next not-yet-consumed event of ``kind`` (events before it stay recorded)."""
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(scaled(TIMEOUT)):
             while True:
                 for index in range(self._seen, len(self.events)):
                     if self.events[index]["type"] == kind:
@@ -689,7 +691,7 @@ async def test_beta_header_is_rejected_with_close_4000(sim: OpenAISimulator) -> 
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 4000
-    await sim.wait_for(lambda s: s.connections[0].closed, timeout=TIMEOUT)
+    await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(TIMEOUT))
     assert sim.connections[0].close_code == 4000
 
 
@@ -698,7 +700,7 @@ async def test_session_cap_closes_with_1001() -> None:
         async with connect(sim) as ws:
             await session(ws)
             with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(TIMEOUT):
+                async with asyncio.timeout(scaled(TIMEOUT)):
                     while True:
                         await ws.recv()
             assert ws.close_code == 1001
@@ -716,7 +718,7 @@ async def test_drop_closes_every_live_connection(
         await sim.drop(code=code, reason="simulated outage")
         for ws in (ws1, ws2):
             with pytest.raises(ConnectionClosed):
-                async with asyncio.timeout(TIMEOUT):
+                async with asyncio.timeout(scaled(TIMEOUT)):
                     await ws.recv()
             assert ws.close_code == seen
     assert all(conn.closed for conn in sim.connections)

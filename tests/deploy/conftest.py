@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ..support.timing import scaled
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("dev", "prod", "keda")
@@ -82,7 +84,7 @@ def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
     for overlay in OVERLAYS:
         path = DEPLOY / "k8s" / "overlays" / overlay
         result = subprocess.run(
-            [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60
+            [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=scaled(60)
         )
         assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
         out[overlay] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -120,7 +122,7 @@ def exposition() -> str:
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

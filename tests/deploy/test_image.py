@@ -21,6 +21,8 @@ import pytest
 
 from redisio.settings import METRICS_PORT
 
+from ..support.timing import scaled
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -213,7 +215,9 @@ def test_image_declares_the_ports_and_uid_the_manifests_use(stages: list[Stage])
 
 
 def test_console_script_runs_in_the_venv() -> None:
-    result = subprocess.run([str(VOICEGRID), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(VOICEGRID), "--help"], capture_output=True, text=True, timeout=scaled(60)
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: voicegrid")
 
@@ -222,7 +226,7 @@ def test_console_script_runs_in_the_venv() -> None:
 def test_role_commands_run(role: str) -> None:
     """Both Deployments run the one image's entrypoint with their role as the argument."""
     result = subprocess.run(
-        [str(VOICEGRID), role, "--help"], capture_output=True, text=True, timeout=60
+        [str(VOICEGRID), role, "--help"], capture_output=True, text=True, timeout=scaled(60)
     )
     assert result.returncode == 0, result.stderr
 

@@ -9,14 +9,10 @@ Redis (``REDIS_URL``; CI provides one), hence the integration marker.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,29 +23,14 @@ import redis
 
 from redisio.metrics import METRIC_NAMES
 
+from ..support.net import free_port, http_get, wait_until_serving
+from ..support.prometheus import series_names
+from ..support.timing import scaled
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-#: Scales every wait in this file (slow CI machines).
-TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1"))
-STARTUP_TIMEOUT_S = 20.0 * TIME_SCALE
-
 Find = Callable[..., list[dict[str, Any]]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 class LiveWorker:
@@ -58,14 +39,14 @@ class LiveWorker:
         self.port = port
 
     def get(self, path: str) -> tuple[int, str]:
-        return _get(self.port, path)
+        return http_get(self.port, path)
 
 
 @pytest.fixture
 def live_worker() -> Iterator[LiveWorker]:
     url = os.environ["REDIS_URL"]
     namespace = f"deploytest-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "REDIS_URL": url,
@@ -77,21 +58,12 @@ def live_worker() -> Iterator[LiveWorker]:
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     worker = LiveWorker(process, port)
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"voicegrid worker exited with {process.returncode}"
-            try:
-                if worker.get("/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the worker's /healthz never answered 200"
-            time.sleep(0.1)
+        wait_until_serving(port, alive=lambda: process.poll() is None, what="voicegrid worker")
         yield worker
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+            process.wait(timeout=scaled(10))
         client = redis.Redis.from_url(url)
         keys = list(client.scan_iter(match=f"{namespace}:*"))
         if keys:
@@ -113,10 +85,14 @@ def test_live_metrics_pass_promtool(live_worker: LiveWorker, promtool: str) -> N
     status, text = live_worker.get("/metrics")
     assert status == 200
     result = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
-    names = set(re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{| )", text, re.MULTILINE))
+    names = series_names(text)
     assert "voicegrid_sessions_capacity" in names
     voicegrid = {n for n in names if n.startswith("voicegrid_")}
     assert voicegrid <= METRIC_NAMES, voicegrid - METRIC_NAMES
@@ -129,7 +105,8 @@ def test_sigterm_exits_within_the_grace_period(
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     started = time.monotonic()
     live_worker.process.send_signal(signal.SIGTERM)
-    code = live_worker.process.wait(timeout=grace * TIME_SCALE)
+    code = live_worker.process.wait(timeout=scaled(grace))
     elapsed = time.monotonic() - started
     assert code == 0, f"exit code {code} after SIGTERM"
-    assert elapsed < grace, f"took {elapsed:.1f}s, the grace period is {grace}s"
+    # docs/operations.md (Draining and rolling deploys): exit 0 on SIGTERM within the grace period
+    assert elapsed < scaled(grace), f"took {elapsed:.1f}s, the grace period is {grace}s"

@@ -19,6 +19,9 @@ import yaml
 
 from redisio.metrics import FIRST_AUDIO_SLO_S, LATENCY_SLO_S, METRIC_NAMES
 
+from ..support.prometheus import series_names
+from ..support.timing import scaled
+
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "deploy" / "prometheus"
 RULES_FILE = PROMETHEUS / "voicegrid-rules.yml"
@@ -43,7 +46,7 @@ Names = Callable[[str], set[str]]
 
 
 def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(args, capture_output=True, text=True, timeout=scaled(60), **kwargs)
 
 
 # --- promtool ------------------------------------------------------------------------------------
@@ -69,7 +72,7 @@ def test_promtool_check_metrics_on_the_worker_registry(promtool: str, exposition
 
 
 def test_exposition_covers_every_metric_name(exposition: str) -> None:
-    exported = set(re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{| )", exposition, re.MULTILINE))
+    exported = series_names(exposition)
     assert exported == set(METRIC_NAMES)
 
 

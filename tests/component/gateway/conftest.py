@@ -1,38 +1,21 @@
-"""Fixtures for the gateway component tests: the runtime's fakeredis, in-process workers and fake
-provider (imported from ``tests/component/runtime/conftest.py``, not copied), gateways on free
-local ports, and :class:`Caller`, a WebSocket caller that keeps its resume position exactly as
-``docs/gateway.md`` tells callers to.
+"""Fixtures for the gateway component tests: :class:`Caller`, a WebSocket caller that keeps its
+resume position exactly as ``docs/gateway.md`` tells callers to, and test frames. Workers,
+gateways and the fake provider are ``tests/component/conftest.py``'s fixtures.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
-from arq.connections import ArqRedis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ingress.gateway import Gateway
-from ingress.settings import GatewaySettings
-
-from ..runtime.conftest import (  # noqa: F401 - fixtures are found by name
-    FAKE_CLIENTS,
-    TIME_SCALE,
-    _clear_fakes,
-    _no_arq_info,
-    eventually,
-    fakes,
-    make_redis,
-    server,
-    start_worker,
-    worker_settings,
-)
+from ...support.timing import scaled
 
 #: A caller frame: 20 ms of 24 kHz PCM16 whose content says which frame it is.
 FRAME_BYTES = 960
@@ -41,68 +24,6 @@ FRAME_BYTES = 960
 def frame(i: int) -> bytes:
     """The ``i``-th test frame (distinct content, so order and duplicates are visible)."""
     return i.to_bytes(4, "little") * (FRAME_BYTES // 4)
-
-
-@dataclasses.dataclass
-class RunningGateway:
-    gateway: Gateway
-    stop_event: asyncio.Event
-    task: asyncio.Task[None]
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.gateway.port}/v1/sessions"
-
-    async def stop(self) -> None:
-        """SIGTERM: drain, then return."""
-        self.stop_event.set()
-        await asyncio.wait_for(self.task, 10 * TIME_SCALE)
-
-    def http_status(self, path: str) -> tuple[int, bytes]:
-        assert self.gateway.http is not None
-        status, _, body = self.gateway.http.route(path)
-        return status, body
-
-
-@pytest.fixture
-async def start_gateway(
-    make_redis: Callable[[], ArqRedis],  # noqa: F811 - the imported fixture, requested by name
-) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
-    running: list[RunningGateway] = []
-
-    async def start(**options: Any) -> RunningGateway:
-        changes = {k: options.pop(k) for k in list(options) if k.startswith("gateway_")}
-        base = worker_settings()
-        settings = GatewaySettings(
-            redis_url=base.redis_url,
-            namespace=base.namespace,
-            metrics_port=0,
-            drain_timeout_s=base.drain_timeout_s,
-            **changes,
-        )
-        gateway = Gateway(settings, host="127.0.0.1", port=0, redis=make_redis(), **options)
-        stop = asyncio.Event()
-
-        async def serve() -> None:
-            try:
-                await gateway.start()
-                await stop.wait()
-                await gateway.drain()
-            finally:
-                await gateway.close()
-
-        task = asyncio.create_task(serve())
-        await eventually(lambda: gateway.http is not None or task.done())
-        handle = RunningGateway(gateway, stop, task)
-        running.append(handle)
-        return handle
-
-    yield start
-    for handle in running:
-        handle.stop_event.set()
-    for handle in running:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(handle.task, 10 * TIME_SCALE)
 
 
 class Caller:
@@ -160,7 +81,7 @@ class Caller:
         return [t["type"] for t in self.texts]
 
     async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within * TIME_SCALE):
+        async with asyncio.timeout(scaled(within)):
             while not predicate():
                 self._changed.clear()
                 if self.closed.is_set() and not predicate():
@@ -173,7 +94,7 @@ class Caller:
         return next(t for t in self.texts if t.get("id") == message_id)
 
     async def wait_closed(self, within: float = 10.0) -> tuple[int | None, str | None]:
-        async with asyncio.timeout(within * TIME_SCALE):
+        async with asyncio.timeout(scaled(within)):
             await self.closed.wait()
         return self.ws.close_code, self.ws.close_reason
 
@@ -218,7 +139,9 @@ async def open_caller() -> AsyncIterator[Callable[..., Awaitable[Caller]]]:
     callers: list[Caller] = []
 
     async def open_(url: str, *, headers: dict[str, str] | None = None, **kw: Any) -> Caller:
-        ws = await connect(url, additional_headers=headers, compression=None, open_timeout=5)
+        ws = await connect(
+            url, additional_headers=headers, compression=None, open_timeout=scaled(5)
+        )
         caller = Caller(ws, **kw)
         callers.append(caller)
         return caller

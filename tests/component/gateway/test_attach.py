@@ -11,7 +11,8 @@ from websockets.exceptions import InvalidStatus
 
 from ingress.gateway import CLOSE_ATTACHED_ELSEWHERE, CLOSE_SESSION_NOT_FOUND
 
-from .conftest import eventually, frame
+from ...support.timing import eventually
+from .conftest import frame
 
 FRAMES = 120
 DROP_AT = 73  # between two audio.marks (50 and 100): the position needs after= and skip=

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from redisio.metrics import REGISTRY
-
+from ...support.prometheus import registry_value
 from .conftest import frame
 
 CONFIG = {
@@ -16,17 +15,13 @@ CONFIG = {
 }
 
 
-def _metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 async def test_a_full_call_with_every_message(
     start_worker: Any, start_gateway: Any, open_caller: Any, fakes: Any
 ) -> None:
     await start_worker()
     gw = await start_gateway()
-    frames_in = _metric("voicegrid_gateway_frames_total", direction="in")
-    frames_out = _metric("voicegrid_gateway_frames_total", direction="out")
+    frames_in = registry_value("voicegrid_gateway_frames_total", direction="in")
+    frames_out = registry_value("voicegrid_gateway_frames_total", direction="out")
     caller = await open_caller(gw.url)
 
     started = await caller.start(config=CONFIG, options={"tag": "call"}, id="s1")
@@ -49,8 +44,8 @@ async def test_a_full_call_with_every_message(
     assert caller.of("audio.meta") == [
         {"type": "audio.meta", "response_id": "r1", "sample_rate": 24000}
     ]
-    assert _metric("voicegrid_gateway_frames_total", direction="in") - frames_in == 10
-    assert _metric("voicegrid_gateway_frames_total", direction="out") - frames_out == 10
+    assert registry_value("voicegrid_gateway_frames_total", direction="in") - frames_in == 10
+    assert registry_value("voicegrid_gateway_frames_total", direction="out") - frames_out == 10
 
     # tool round trip
     await caller.send({"type": "response.request", "instruction": "call a tool", "id": 1})

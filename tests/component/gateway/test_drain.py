@@ -11,9 +11,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from redisio.metrics import REGISTRY
-
-from .conftest import TIME_SCALE, frame
+from ...support.prometheus import registry_value
+from ...support.timing import scaled
+from .conftest import frame
 
 
 async def test_stop_closes_callers_with_1012_and_they_continue_elsewhere(
@@ -33,9 +33,9 @@ async def test_stop_closes_callers_with_1012_and_they_continue_elsewhere(
     for caller in callers:
         assert await caller.wait_closed() == (1012, "service restart")
     assert leaving.http_status("/readyz") == (503, b"draining\n")
-    assert REGISTRY.get_sample_value("voicegrid_gateway_connections") == 0
+    assert registry_value("voicegrid_gateway_connections") == 0
     with pytest.raises((OSError, InvalidStatus)):
-        await connect(leaving.url, open_timeout=2)
+        await connect(leaving.url, open_timeout=scaled(2))
 
     for n, caller in enumerate(callers):
         sid = caller.of("session.started")[0]["session_id"]
@@ -52,10 +52,7 @@ async def test_a_caller_that_does_not_read_is_closed_with_1008(
 ) -> None:
     await start_worker()
     gw = await start_gateway(outbound_budget_bytes=64 * 1024)
-    before = (
-        REGISTRY.get_sample_value("voicegrid_gateway_rejected_total", {"reason": "slow_consumer"})
-        or 0.0
-    )
+    before = registry_value("voicegrid_gateway_rejected_total", reason="slow_consumer")
     # a caller with a tiny receive window that reads nothing once the session started
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: sets the window
@@ -66,12 +63,9 @@ async def test_a_caller_that_does_not_read_is_closed_with_1008(
     second = b"\x00" * 48_000  # 1 s of 24 kHz PCM16, echoed back by the fake provider
 
     def rejected() -> float:
-        value = REGISTRY.get_sample_value(
-            "voicegrid_gateway_rejected_total", {"reason": "slow_consumer"}
-        )
-        return (value or 0.0) - before
+        return registry_value("voicegrid_gateway_rejected_total", reason="slow_consumer") - before
 
-    async with asyncio.timeout(20 * TIME_SCALE):
+    async with asyncio.timeout(scaled(20)):
         sent = 0
         while not rejected():
             await ws.send(second)
@@ -81,6 +75,6 @@ async def test_a_caller_that_does_not_read_is_closed_with_1008(
     assert sent * len(second) < 8 * 1024 * 1024  # the budget, not memory, ended it
     with pytest.raises(ConnectionClosed):
         while True:  # now read what was delivered, up to the close frame
-            await asyncio.wait_for(ws.recv(), 10 * TIME_SCALE)
+            await asyncio.wait_for(ws.recv(), scaled(10))
     assert ws.close_code == 1008 and "not reading" in (ws.close_reason or "")
     await open_caller(gw.url)  # the gateway is fine

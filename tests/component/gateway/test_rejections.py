@@ -12,20 +12,21 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ingress.gateway import MAX_MESSAGE_BYTES, Rejected, parse_caller_message, parse_route
-from redisio.metrics import REGISTRY
 
-from .conftest import TIME_SCALE, frame
+from ...support.prometheus import registry_value
+from ...support.timing import scaled
+from .conftest import frame
 
 TOKEN = "gw-secret-token-123"
 
 
 def _rejected(reason: str) -> float:
-    return REGISTRY.get_sample_value("voicegrid_gateway_rejected_total", {"reason": reason}) or 0.0
+    return registry_value("voicegrid_gateway_rejected_total", reason=reason)
 
 
 async def _status(url: str, **kw: Any) -> tuple[int, bytes, dict[str, str]]:
     with pytest.raises(InvalidStatus) as info:
-        await connect(url, open_timeout=5, **kw)
+        await connect(url, open_timeout=scaled(5), **kw)
     response = info.value.response
     return response.status_code, response.body or b"", dict(response.headers.raw_items())
 
@@ -164,11 +165,11 @@ async def test_a_socket_without_session_start_is_closed(
     start_worker: Any, start_gateway: Any
 ) -> None:
     await start_worker()
-    gw = await start_gateway(start_timeout_s=0.2 * TIME_SCALE)
+    gw = await start_gateway(start_timeout_s=scaled(0.2))
     before = _rejected("start_timeout")
     async with connect(gw.url) as ws:
         with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5 * TIME_SCALE)
+            await asyncio.wait_for(ws.recv(), scaled(5))
         assert ws.close_code == 1008 and "no session.start" in (ws.close_reason or "")
     assert _rejected("start_timeout") - before == 1
 

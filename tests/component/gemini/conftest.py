@@ -1,7 +1,7 @@
 """Shared kit for the Gemini client <-> GeminiSimulator component tests.
 
-Time limits scale with one constant, ``VOICEGRID_TEST_TIME_SCALE`` (default 1.0); tests wait on
-events and simulator conditions with those limits, never on blind sleeps.
+Tests wait on events and simulator conditions with time limits scaled by
+``VOICEGRID_TEST_TIME_SCALE`` (``tests/support/timing.py``), never on blind sleeps.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from providers.gemini import GeminiLiveClient
 from providers.simulator import SimScript
 from providers.simulator.gemini import GeminiSimulator
 
-from ..events import Recorder, limit
-from ..events import silence as _silence
-from ..events import tone as _tone
+from ...support.recorder import Recorder
+from ...support.recorder import silence as _silence
+from ...support.recorder import tone as _tone
+from ...support.timing import scaled
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 WEATHER = ToolDefinition(
@@ -85,7 +86,7 @@ class Kit:
     ) -> tuple[GeminiLiveClient, Recorder]:
         client = self.client(**options)
         recorder = Recorder(client)
-        await asyncio.wait_for(client.connect(config or native_config()), limit(5))
+        await asyncio.wait_for(client.connect(config or native_config()), scaled(5))
         return client, recorder
 
 

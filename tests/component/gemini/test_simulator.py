@@ -13,7 +13,8 @@ from websockets.asyncio.client import ClientConnection
 from providers.simulator import SimScript
 from providers.simulator.gemini import GeminiSimulator
 
-from .conftest import MODEL, fast_script, limit, tone
+from ...support.timing import scaled
+from .conftest import MODEL, fast_script, tone
 
 SETUP: dict[str, Any] = {"setup": {"model": f"models/{MODEL}", "sessionResumption": {}}}
 
@@ -80,7 +81,7 @@ async def test_snake_case_and_media_chunks_are_accepted(sim: GeminiSimulator) ->
         await recv_json(ws)
         chunk = {"data": base64.urlsafe_b64encode(audio).decode(), "mime_type": "audio/pcm"}
         await ws.send(json.dumps({"realtime_input": {"media_chunks": [chunk]}}))
-        await sim.wait_for(lambda s: s.turns == 1, timeout=limit(5))
+        await sim.wait_for(lambda s: s.turns == 1, timeout=scaled(5))
     assert sim.audio_in == audio
 
 
@@ -141,7 +142,7 @@ async def test_record_false_keeps_audio_out() -> None:
             data = base64.b64encode(tone(400) + b"\x00\x00" * 8000).decode()
             audio = {"audio": {"data": data, "mimeType": "audio/pcm;rate=16000"}}
             await ws.send(json.dumps({"realtimeInput": audio}))
-            await sim.wait_for(lambda s: s.turns == 1, timeout=limit(5))
+            await sim.wait_for(lambda s: s.turns == 1, timeout=scaled(5))
         conn = sim.connections[0]
         assert conn.audio_in == b"" and conn.audio_in_bytes == len(tone(400)) + 16000
         assert all("realtimeInput" not in f for f in conn.received)

@@ -15,10 +15,10 @@ from protocol import (
 )
 from providers.simulator import ToolCallScript
 
+from ...support.timing import scaled
 from .conftest import (
     WEATHER,
     Kit,
-    limit,
     native_config,
     received,
     sent_frames,
@@ -136,7 +136,9 @@ async def test_tool_call_cancelled_by_barge_in(kit: Kit) -> None:
     # a late result for the cancelled call is dropped, not sent
     client.send_tool_response([RealtimeToolResponse(call_id=call_id, output="late")])
     client.request_response("Are you there?")
-    await kit.sim.wait_for(lambda s: received(s, "realtimeInput")[-1]["realtimeInput"].get("text"))
+    await kit.sim.wait_for(
+        lambda s: received(s, "realtimeInput")[-1]["realtimeInput"].get("text"), timeout=scaled(5)
+    )
     assert received(kit.sim, "toolResponse") == []
 
 
@@ -212,7 +214,7 @@ async def test_input_converted_to_16k(kit: Kit, rate: int) -> None:
         client.send_audio(frame)
         expected += reference.convert(frame)
     await rec.wait_count("response-done")
-    await kit.sim.wait_for(lambda s: len(s.audio_in) >= len(expected), timeout=limit(5))
+    await kit.sim.wait_for(lambda s: len(s.audio_in) >= len(expected), timeout=scaled(5))
     got = np.frombuffer(kit.sim.audio_in, dtype="<i2").astype(np.int32)
     want = np.frombuffer(expected, dtype="<i2").astype(np.int32)
     # soxr dithers its int16 output, so two converters differ by a few LSB, never by a shift

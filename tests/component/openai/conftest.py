@@ -1,7 +1,7 @@
 """Shared kit for the OpenAI client <-> simulator component tests (the ``kit`` fixture).
 
-Time limits scale with one constant, ``VOICEGRID_TEST_TIME_SCALE`` (default 1.0); tests wait on
-events and simulator conditions with those limits, never on blind sleeps.
+Tests wait on events and simulator conditions with time limits scaled by
+``VOICEGRID_TEST_TIME_SCALE`` (``tests/support/timing.py``), never on blind sleeps.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from protocol import RealtimeSessionConfig
 from providers.openai import OpenAIRealtimeClient
 from providers.simulator import OpenAISimulator
 
-from ..events import Recorder, limit
-from ..events import silence as _silence
-from ..events import tone as _tone
+from ...support.recorder import Recorder
+from ...support.recorder import silence as _silence
+from ...support.recorder import tone as _tone
 
 
 def tone(ms: int, rate: int = 24000, amplitude: int = 6000) -> bytes:
@@ -37,7 +37,6 @@ def chunks(audio: bytes, size: int) -> Iterator[bytes]:
 class Kit:
     """Builders shared by the component tests."""
 
-    limit = staticmethod(limit)
     tone = staticmethod(tone)
     silence = staticmethod(silence)
     chunks = staticmethod(chunks)

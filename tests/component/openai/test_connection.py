@@ -19,6 +19,8 @@ from protocol import (
 from providers.openai import OpenAIRealtimeClient
 from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
 
+from ...support.timing import scaled
+
 
 def replayed_items(conn: Any) -> list[dict[str, Any]]:
     return [f["item"] for f in conn.received if f["type"] == "conversation.item.create"]
@@ -30,7 +32,7 @@ async def test_reconnect_after_drop_replays_and_delivers_audio_exactly_once(kit:
         client, rec = await kit.session(sim, RealtimeSessionConfig(instructions="Be kind."))
         first = await kit.say(client)
         await rec.wait_count("response-done")
-        await sim.wait_for(lambda s: len(s.audio_in) == len(first))
+        await sim.wait_for(lambda s: len(s.audio_in) == len(first), timeout=scaled(5))
 
         during = kit.tone(200)
 
@@ -44,7 +46,7 @@ async def test_reconnect_after_drop_replays_and_delivers_audio_exactly_once(kit:
         after = await kit.say(client)
         await rec.wait_count("response-done", 2)
         total = first + during + after
-        await sim.wait_for(lambda s: len(s.audio_in) >= len(total))
+        await sim.wait_for(lambda s: len(s.audio_in) >= len(total), timeout=scaled(5))
         await client.disconnect()
 
     assert sim.audio_in == total  # none lost, none duplicated, in order
@@ -183,7 +185,7 @@ async def test_disconnect_is_idempotent_and_closed_is_emitted_once(kit: Any) -> 
         client, rec = await kit.session(sim)
         await asyncio.gather(client.disconnect(), client.disconnect())
         await client.disconnect()
-        await sim.wait_for(lambda s: s.connections[0].closed)
+        await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(5))
     assert rec.count("closed") == 1
     assert rec.of("closed")[0].code == 1000
     assert sim.connections[0].close_code == 1000
@@ -337,13 +339,14 @@ async def test_continuous_audio_across_a_drop_is_never_duplicated(kit: Any) -> N
                 await asyncio.sleep(0.0005)
 
         feeding = asyncio.create_task(feed())
-        await sim.wait_for(lambda s: len(s.audio_in) >= 100 * 960)
+        await sim.wait_for(lambda s: len(s.audio_in) >= 100 * 960, timeout=scaled(5))
         await sim.drop(1011)
         await feeding
         await rec.wait_count("reconnected")
         pushed = client.audio_stats.pushed_bytes
         await sim.wait_for(
-            lambda s: s.connections[-1].audio_in.endswith((total - 1).to_bytes(2, "little") * 480)
+            lambda s: s.connections[-1].audio_in.endswith((total - 1).to_bytes(2, "little") * 480),
+            timeout=scaled(5),
         )
         await client.disconnect()
     audio = sim.audio_in

@@ -14,6 +14,8 @@ from protocol import (
 )
 from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
 
+from ...support.timing import scaled
+
 WEATHER = ToolDefinition(
     name="get_weather",
     description="Current weather",
@@ -105,7 +107,7 @@ async def test_barge_in_truncates_with_a_clamped_integer(kit: Any) -> None:
         script.reply_text, script.speed = "Okay.", 0  # keep the answer to the barge-in short
         await kit.send(client, kit.silence(500))
         await sim.wait_for(
-            lambda s: kit.server_frames(s, "conversation.item.truncated"), timeout=kit.limit(5)
+            lambda s: kit.server_frames(s, "conversation.item.truncated"), timeout=scaled(5)
         )
         await rec.wait_count("response-done", 2, seconds=15)
         await client.disconnect()

@@ -7,7 +7,9 @@ from typing import Any
 
 from protocol import ErrorEvent, RealtimeSessionConfig, RealtimeToolResponse
 from protocol.keys import Keys
-from redisio.metrics import REGISTRY
+
+from ...support.prometheus import registry_value
+from ...support.timing import scaled
 
 CONFIG = RealtimeSessionConfig(instructions="help")
 KEYS = Keys("vgtest")
@@ -15,10 +17,6 @@ KEYS = Keys("vgtest")
 
 def frame(n: int) -> bytes:
     return n.to_bytes(2, "little") * 160
-
-
-def metric(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_a_crashed_owner_is_taken_over_and_no_frame_is_lost(
@@ -31,7 +29,7 @@ async def test_a_crashed_owner_is_taken_over_and_no_frame_is_lost(
     for n in range(1, 21):
         client.send_audio(frame(n))
     await events.wait_for(lambda: len(events.of("audio")) == 20)
-    takeovers = metric("voicegrid_takeovers_total", reason="lease_expired")
+    takeovers = registry_value("voicegrid_takeovers_total", reason="lease_expired")
     redis = make_redis()
     state_key = KEYS.session(client.session_id).state
 
@@ -39,7 +37,7 @@ async def test_a_crashed_owner_is_taken_over_and_no_frame_is_lost(
         while await redis.hget(state_key, "pstate") != b'{"frames_seen":20}':  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(saved_provider_state(), 5)
+    await asyncio.wait_for(saved_provider_state(), scaled(5))
 
     await owner.crash()
     successor = await start_worker()
@@ -57,7 +55,7 @@ async def test_a_crashed_owner_is_taken_over_and_no_frame_is_lost(
     seen = fakes["crash"][0].frames + new_provider.frames
     # every frame reached a provider, in order; only the crash window may repeat
     assert [f for f in dict.fromkeys(seen)] == [frame(n) for n in range(1, 41)]
-    assert metric("voicegrid_takeovers_total", reason="lease_expired") == takeovers + 1
+    assert registry_value("voicegrid_takeovers_total", reason="lease_expired") == takeovers + 1
     output = await redis.xrange(KEYS.session(client.session_id).output)
     epochs = [fields[b"ep"] for _, fields in output]
     assert epochs == sorted(epochs) and epochs[-1] == b"2"
@@ -101,7 +99,7 @@ async def test_drain_hands_the_session_over_exactly_once(
     for n in range(1, 11):
         client.send_audio(frame(n))
     await events.wait_for(lambda: len(events.of("audio")) == 10)
-    handoffs = metric("voicegrid_handoffs_total", reason="drain")
+    handoffs = registry_value("voicegrid_handoffs_total", reason="drain")
 
     stopping = asyncio.create_task(first.stop())
     await events.wait_for(lambda: events.of("reconnected"), within=5)
@@ -114,7 +112,7 @@ async def test_drain_hands_the_session_over_exactly_once(
     seen = fakes["drain"][0].frames + fakes["drain"][1].frames
     assert seen == [frame(n) for n in range(1, 21)]  # exact cursor: no frame twice
     assert fakes["drain"][0].disconnected
-    assert metric("voicegrid_handoffs_total", reason="drain") == handoffs + 1
+    assert registry_value("voicegrid_handoffs_total", reason="drain") == handoffs + 1
     assert not [e for e in events.of("closed")]
 
 
@@ -127,7 +125,7 @@ async def test_a_worker_that_lost_its_lease_is_fenced_and_stops(
     await client.connect(CONFIG)
     runtime = stale.runtime
     runner = runtime.sessions[client.session_id]
-    fenced = metric("voicegrid_sessions_ended_total", provider="fake", reason="fenced")
+    fenced = registry_value("voicegrid_sessions_ended_total", provider="fake", reason="fenced")
 
     # "SIGSTOP": the stale worker stops renewing; another worker takes the session over
     renewer = next(t for t in runtime._tasks if t.get_name() == "voicegrid-renewer")
@@ -139,13 +137,16 @@ async def test_a_worker_that_lost_its_lease_is_fenced_and_stops(
 
     # "SIGCONT": its next write is rejected by the fence and it stops the session
     runner._emit("error", ErrorEvent(code="stale", message="late"))
-    await asyncio.wait_for(runner._ended.wait(), 5)
+    await asyncio.wait_for(runner._ended.wait(), scaled(5))
     assert runner.end_reason == "fenced"
     assert fakes["fence"][0].disconnected
     output = await make_redis().xrange(KEYS.session(client.session_id).output)
     assert not [f for _, f in output if b"stale" in f.get(b"b", b"")]
-    await asyncio.wait_for(asyncio.shield(_until_gone(runtime, client.session_id)), 5)
-    assert metric("voicegrid_sessions_ended_total", provider="fake", reason="fenced") == fenced + 1
+    await asyncio.wait_for(asyncio.shield(_until_gone(runtime, client.session_id)), scaled(5))
+    assert (
+        registry_value("voicegrid_sessions_ended_total", provider="fake", reason="fenced")
+        == fenced + 1
+    )
     client.send_audio(frame(7))
     await events.wait_for(lambda: any(a.data == frame(7) for a in events.of("audio")))
     assert fakes["fence"][0].frames == [] and fakes["fence"][1].frames == [frame(7)]
@@ -203,7 +204,7 @@ async def until_checkpointed(redis: Any, session_id: str) -> None:
     """Until the owner saved its provider state and an input cursor past every frame sent
     (a takeover then re-sends nothing, so the fake model opens no new turn)."""
     keys = KEYS.session(session_id)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while True:
             pstate, cursor = await redis.hmget(keys.state, ["pstate", "cursor"])
             newest = await redis.xrevrange(keys.input, count=1)
@@ -304,7 +305,7 @@ async def test_pending_tool_calls_are_cancelled_after_the_workers_own_replay(
         while b"call-1" not in (await redis.hget(keys.state, "conv") or b""):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
-    await asyncio.wait_for(call_saved(), 5)
+    await asyncio.wait_for(call_saved(), scaled(5))
     await owner.crash()  # before the application answered the call
     await redis.hset(keys.state, "pstate", b"{}")  # the provider state cannot be restored
     await start_worker()

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 
@@ -27,6 +25,9 @@ from protocol import (
 )
 from protocol.keys import Keys
 from providers.simulator import GeminiSimulator, SimScript, ToolCallScript
+
+from ...support.frames import frame_numbers, numbered_frame
+from ...support.timing import scaled
 
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 KEYS = Keys("vgtest")
@@ -42,14 +43,11 @@ CONFIG = RealtimeSessionConfig(
     output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
 )
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
-MAGIC = 77  # sample 0 of every caller frame; sample 1 is its sequence number
-_SAMPLES = FRAME_BYTES // 2 - 2
-_TONE = (6000 * np.sin(2 * np.pi * 220 * np.arange(_SAMPLES) / 16000)).astype("<i2").tobytes()
 
 
 def frame(seq: int, *, speech: bool = False) -> bytes:
     """A numbered caller frame: loud enough for the simulator's VAD, or silence."""
-    return struct.pack("<hh", MAGIC, seq) + (_TONE if speech else b"\x00\x00" * _SAMPLES)
+    return numbered_frame(seq, FRAME_BYTES, speech=speech)
 
 
 def utterance(first: int) -> list[bytes]:
@@ -60,13 +58,7 @@ def utterance(first: int) -> list[bytes]:
 
 def frames_at(conn: Any) -> list[int]:
     """Sequence numbers of the caller frames one simulator connection received, in order."""
-    audio = conn.audio_in
-    seqs = []
-    for offset in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
-        marker, seq = struct.unpack_from("<hh", audio, offset)
-        if marker == MAGIC:
-            seqs.append(seq)
-    return seqs
+    return frame_numbers(conn.audio_in, FRAME_BYTES)
 
 
 def all_frames(sim: GeminiSimulator) -> list[int]:
@@ -141,7 +133,7 @@ async def saved_pstate(redis: Any, session_id: str) -> dict[str, Any]:
 
 async def until_saved(redis: Any, session_id: str, check: Callable[[dict[str, Any]], bool]) -> None:
     """Until the saved provider state passes ``check`` (it is saved within ~0.1 s)."""
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while not check(await saved_pstate(redis, session_id)):  # noqa: ASYNC110 - Redis state
             await asyncio.sleep(0.02)
 
@@ -152,7 +144,7 @@ async def wait_for_checkpoint(
     """Until the owner saved a conversation summary containing ``said`` and an input cursor
     past every frame sent so far (the takeover then re-sends nothing)."""
     keys = KEYS.session(session_id)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while True:
             conv, cursor = await redis.hmget(keys.state, ["conv", "cursor"])
             newest = await redis.xrevrange(keys.input, count=1)
@@ -203,7 +195,7 @@ async def test_a_turn_with_a_tool_round_trip(
 
     await client.disconnect()
     await events.wait_for(lambda: events.of("closed"))
-    await sim.wait_for(lambda s: s.connections[0].closed, timeout=5)
+    await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(5))
     assert sim.connections[0].close_code == 1000
     assert len(sim.connections) == 1
 
@@ -225,12 +217,12 @@ async def test_a_takeover_resumes_with_the_saved_handle(
         client.send_audio(data)
     await events.wait_for(lambda: events.of("response-done"))
     first = sim.connections[0]
-    await sim.wait_for(lambda s: len(resumable_handles(first)) >= 2, timeout=5)
+    await sim.wait_for(lambda s: len(resumable_handles(first)) >= 2, timeout=scaled(5))
     last_handle = resumable_handles(first)[-1]  # issued after the turn
     await until_saved(make_redis(), client.session_id, lambda s: s == {"handle": last_handle})
 
     await crash_with_provider_sockets(owner)
-    await sim.wait_for(lambda s: s.connections[0].closed, timeout=5)
+    await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(5))
     successor = await start_worker(gemini_url=sim.url)
     for data in utterance(100):  # the caller goes on while nobody owns the session
         client.send_audio(data)
@@ -310,7 +302,7 @@ async def test_a_go_away_is_handled_inside_the_worker(
     for data in utterance(0):
         client.send_audio(data)
     await events.wait_for(lambda: events.of("response-done"))
-    await sim.wait_for(lambda s: len(resumable_handles(s.connections[0])) >= 2, timeout=5)
+    await sim.wait_for(lambda s: len(resumable_handles(s.connections[0])) >= 2, timeout=scaled(5))
 
     sent = 45
     stop = asyncio.Event()
@@ -324,15 +316,16 @@ async def test_a_go_away_is_handled_inside_the_worker(
                 await asyncio.wait_for(stop.wait(), 0.02)
 
     playing = asyncio.create_task(caller())
-    await sim.wait_for(lambda s: len(frames_at(s.connections[0])) >= 60, timeout=5)
-    await sim.go_away(time_left_s=1.0)
+    await sim.wait_for(lambda s: len(frames_at(s.connections[0])) >= 60, timeout=scaled(5))
+    await sim.go_away(time_left_s=scaled(1.0))
     await events.wait_for(lambda: events.of("reconnected"), within=5)
     await sim.wait_for(
-        lambda s: len(s.connections) == 2 and len(frames_at(s.connections[1])) >= 10, timeout=5
+        lambda s: len(s.connections) == 2 and len(frames_at(s.connections[1])) >= 10,
+        timeout=scaled(5),
     )
     stop.set()
     await playing
-    await sim.wait_for(lambda s: set(all_frames(s)) >= set(range(sent)), timeout=5)
+    await sim.wait_for(lambda s: set(all_frames(s)) >= set(range(sent)), timeout=scaled(5))
 
     assert [e.strategy for e in events.of("reconnected")] == ["resumed"]
     assert len(events.of("reconnecting")) == 1
@@ -419,7 +412,7 @@ async def test_a_stopped_owner_holding_its_socket_open_does_not_end_the_session(
 
     # "SIGCONT": the stale worker's next write is fenced, and it closes its Gemini socket
     runner._emit("error", ErrorEvent(code="stale", message="late"))
-    await sim.wait_for(lambda s: s.connections[0].closed, timeout=5)
+    await sim.wait_for(lambda s: s.connections[0].closed, timeout=scaled(5))
     assert sim.connections[0].close_code == 1000
     assert runner.end_reason == "fenced"
     assert not [e for e in events.of("error") if e.code == "stale"]

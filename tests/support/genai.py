@@ -1,5 +1,5 @@
-"""Gemini Live frames checked against the ``google-genai`` SDK's models (the recipe of
-``shared/reference/gemini-live.md`` §6), for the conformance tests."""
+"""Gemini Live frames checked against the ``google-genai`` SDK's models, for the conformance
+tests (what the SDK's models lack, such as ``realtimeInputConfig`` in ``setup``, on its own)."""
 
 from __future__ import annotations
 

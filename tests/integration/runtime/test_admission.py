@@ -19,7 +19,8 @@ import pytest
 
 from providers.simulator import OpenAISimulator
 
-from .conftest import TIME_SCALE, Timeline, WorkerProcess, owner_of
+from ...support.timing import scaled
+from .conftest import Timeline, WorkerProcess, owner_of
 from .test_failover import CONFIG, SCRIPT  # the same OpenAI call as the failover tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -43,7 +44,7 @@ async def throttle(worker: WorkerProcess) -> None:
 
 
 async def until(check: Any, within: float) -> None:
-    async with asyncio.timeout(within * TIME_SCALE):
+    async with asyncio.timeout(scaled(within)):
         while not await check():  # noqa: ASYNC110 - another process: polled over HTTP
             await asyncio.sleep(0.05)
 
@@ -60,7 +61,7 @@ async def test_new_sessions_go_to_the_worker_whose_loop_is_not_slowed(
         assert await owner_of(redis_url, namespace, client.session_id) == slowed.worker_id
         call = caller(client)
         call.start()
-        await timeline.wait("audio", within=15 * TIME_SCALE)
+        await timeline.wait("audio", within=15)
 
         async def paused() -> bool:
             return await slowed.metric("voicegrid_admission_paused") == 1
@@ -88,7 +89,7 @@ async def test_new_sessions_go_to_the_worker_whose_loop_is_not_slowed(
             assert owners == [healthy.worker_id] * 3
 
             # the slowed worker's own call goes on: the model still answers the caller
-            await timeline.wait("audio", after=time.monotonic() + 1.0, within=20 * TIME_SCALE)
+            await timeline.wait("audio", after=time.monotonic() + 1.0, within=20)
             assert await owner_of(redis_url, namespace, client.session_id) == slowed.worker_id
             assert await slowed.metric("voicegrid_admission_paused") == 1
         finally:

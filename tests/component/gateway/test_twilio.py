@@ -4,6 +4,7 @@ DTMF) as docs/telephony.md describes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from typing import Any
@@ -205,3 +206,50 @@ async def test_media_legs_refuse_when_no_secret_is_configured(
         await connect(f"{gw.base}/v1/media/twilio", open_timeout=scaled(5))
     assert refused.value.response.status_code == 503
     assert b"VOICEGRID_MEDIA_TOKEN_SECRET" in refused.value.response.body
+
+
+async def test_latency_added_by_the_phone_leg(call: Call) -> None:
+    """Mouth-to-ear cost of the gateway leg, measured at the fakes: Twilio media sent -> the
+    provider client has the frame (in), provider audio emitted -> Twilio media received (out).
+    Paced like a phone (20 ms); 250 frames (5 s). Printed; bounded loosely (shared CI cores)."""
+    arrived: dict[bytes, float] = {}
+    original = call.provider.send_audio
+
+    def timed(frame: bytes) -> None:
+        arrived[bytes(frame)] = time.perf_counter()
+        original(frame)  # the echo is emitted here, so this is also the 'provider out' time
+
+    call.provider.send_audio = timed
+    phone = await call.twilio(echo_marks=False)
+    await phone.start({"token": call.token()})
+    sent_at: dict[bytes, float] = {}
+    for i in range(250):
+        payload = tone_mulaw(i)
+        sent_at[payload] = time.perf_counter()
+        await phone.media(payload)
+        await asyncio.sleep(0.02)
+    await phone.wait_for(lambda: len(phone.of("media")) >= 250, within=15)
+    received = dict(
+        zip(
+            phone.media_payloads(),
+            [
+                t
+                for m, t in zip(phone.received, phone.received_at, strict=True)
+                if m["event"] == "media"
+            ],
+            strict=False,
+        )
+    )
+    inbound = sorted((arrived[p] - sent_at[p]) * 1000 for p in sent_at)
+    outbound = sorted((received[p] - arrived[p]) * 1000 for p in sent_at if p in received)
+
+    def pct(values: list[float], q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    print(
+        f"\nphone leg latency over {len(inbound)} frames: in p50 {pct(inbound, 0.5):.1f} ms "
+        f"p99 {pct(inbound, 0.99):.1f} ms; out p50 {pct(outbound, 0.5):.1f} ms "
+        f"p99 {pct(outbound, 0.99):.1f} ms"
+    )
+    assert pct(inbound, 0.5) < scaled(100) and pct(outbound, 0.5) < scaled(100)
+    await phone.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -80,6 +81,38 @@ class PhoneLeg(MediaLeg):
             body[self.stream_field] = self.stream_id
         body.update(fields)
         self.send_json(body)
+
+    async def read_start(self) -> dict[str, Any]:
+        """The ``start`` message, after an optional ``connected`` (both providers open so)."""
+        while True:
+            body = self.parse(await self.recv_opening())
+            event = body["event"]
+            if event == "start":
+                return body
+            if event != "connected":
+                raise LegRefused(
+                    CLOSE_PROTOCOL, f"expected 'connected' then 'start', got {event!r} first"
+                )
+
+    def handle(self, body: dict[str, Any], decode: Callable[[bytes], bytes] | None = None) -> bool:
+        """The messages both providers share (``media`` of the inbound track, ``mark``,
+        ``dtmf``, ``stop``); False for any other event. ``decode`` maps a payload to
+        :attr:`leg_in` bytes."""
+        event = body["event"]
+        if event == "media":
+            track = body.get("media", {}).get("track", "inbound")
+            if track in ("inbound", "inbound_track"):
+                data = self.payload(body)
+                self.audio_in(decode(data) if decode is not None else data)
+        elif event == "mark":
+            self.mark(field(body, "mark.name", str))
+        elif event == "dtmf":
+            self.dtmf(field(body, "dtmf.digit", str))
+        elif event == "stop":
+            self.close(1000, "stream stopped")
+        else:
+            return False
+        return True
 
     # --- model audio out -----------------------------------------------------------------------
 

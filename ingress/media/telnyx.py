@@ -62,16 +62,7 @@ class TelnyxLeg(PhoneLeg):
         self._arrival = 0
 
     async def opening(self) -> None:
-        while True:
-            body = self.parse(await self.recv_opening())
-            event = body["event"]
-            if event == "connected":
-                continue
-            if event != "start":
-                raise LegRefused(
-                    CLOSE_PROTOCOL, f"expected 'connected' then 'start', got {event!r} first"
-                )
-            break
+        body = await self.read_start()
         self.stream_id = body.get("stream_id") if isinstance(body.get("stream_id"), str) else None
         media_format = field(body, "start.media_format", dict)
         codec = media_format.get("encoding")
@@ -115,19 +106,9 @@ class TelnyxLeg(PhoneLeg):
             self._handle(held)
 
     def _handle(self, body: dict[str, Any]) -> None:
-        event = body["event"]
-        if event == "media":
-            track = body.get("media", {}).get("track", "inbound")
-            if track in ("inbound", "inbound_track"):
-                data = self.payload(body)
-                self.audio_in(_swap16(data) if self._big_endian else data)
-        elif event == "mark":
-            self.mark(field(body, "mark.name", str))
-        elif event == "dtmf":
-            self.dtmf(field(body, "dtmf.digit", str))
-        elif event == "stop":
-            self.close(1000, "stream stopped")
-        elif event == "error":
+        if self.handle(body, _swap16 if self._big_endian else None):
+            return
+        if body["event"] == "error":
             detail = body.get("payload", {})
             title = detail.get("title") if isinstance(detail, dict) else None
             code = detail.get("code") if isinstance(detail, dict) else None

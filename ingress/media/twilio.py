@@ -71,16 +71,7 @@ class TwilioLeg(PhoneLeg):
     stream_field = "streamSid"
 
     async def opening(self) -> None:
-        while True:
-            body = self.parse(await self.recv_opening())
-            event = body["event"]
-            if event == "connected":
-                continue
-            if event != "start":
-                raise LegRefused(
-                    CLOSE_PROTOCOL, f"expected 'connected' then 'start', got {event!r} first"
-                )
-            break
+        body = await self.read_start()
         self.stream_id = body.get("streamSid") or field(body, "start.streamSid", str)
         media_format = field(body, "start.mediaFormat", dict)
         encoding = media_format.get("encoding")
@@ -104,16 +95,5 @@ class TwilioLeg(PhoneLeg):
         self.leg_in = self.leg_out = TWILIO_FORMAT
 
     async def on_message(self, message: str | bytes) -> None:
-        body = self.parse(message)
-        event = body["event"]
-        if event == "media":
-            track = body.get("media", {}).get("track", "inbound")
-            if track in ("inbound", "inbound_track"):
-                self.audio_in(self.payload(body))
-        elif event == "mark":
-            self.mark(field(body, "mark.name", str))
-        elif event == "dtmf":
-            self.dtmf(field(body, "dtmf.digit", str))
-        elif event == "stop":
-            self.close(1000, "stream stopped")
         # 'connected'/'start' again or future events: ignored, as Twilio asks of servers
+        self.handle(self.parse(message))

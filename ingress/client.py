@@ -60,7 +60,9 @@ from protocol.streams import (
     AckEntry,
     Command,
     DisconnectCommand,
+    DtmfCommand,
     PingCommand,
+    PlaybackCommand,
     RequestResponseCommand,
     SessionRecord,
     StateField,
@@ -520,6 +522,30 @@ class RedisRealtimeClient(RealtimeAudioClient):
             raise entry.error
         if self._config is not None:
             self._config = self._config.merged(update)
+
+    def report_playback(self, response_id: str | None, played_ms: int) -> None:
+        """Tell the worker how much of ``response_id`` the caller has heard (queued in order with
+        the audio; barge-in truncation on the worker uses it, see ``RealtimeAudioClient``)."""
+        if not self.connected:
+            raise NotConnectedError("report_playback needs a connected session")
+        try:
+            command = PlaybackCommand(response_id=response_id, played_ms=played_ms)
+        except ValueError as exc:
+            raise ConfigError(f"invalid playback report: {exc}") from None
+        self._queue(encode_command(command), None)
+
+    def send_dtmf(self, digit: str) -> None:
+        """Relay a keypad digit (0-9, *, #, A-D): the worker publishes it as a ``dtmf`` event,
+        so every client attached to the session (the backend's too) sees it in order."""
+        if not self.connected:
+            raise NotConnectedError("send_dtmf needs a connected session")
+        try:
+            command = DtmfCommand(digit=digit)
+        except ValueError:
+            raise ConfigError(
+                f"DTMF digit {digit!r} is invalid; expected one of 0-9, *, #, A-D"
+            ) from None
+        self._queue(encode_command(command), None)
 
     def _request_response(self, instruction: str | None) -> None:
         if not self.connected:

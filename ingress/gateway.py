@@ -79,6 +79,7 @@ from redisio.http import HealthServer
 from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTED
 
 from .client import RedisRealtimeClient
+from .media import MediaRouter
 from .settings import GatewaySettings
 
 __all__ = [
@@ -879,6 +880,7 @@ class Gateway:
         self.connections: set[CallerConnection] = set()
         self._by_session: dict[str, CallerConnection] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
+        self.media = MediaRouter(self)  # phone/browser legs, media tokens, the page (ingress/media)
         self._server: Server | None = None
         self.http: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -932,6 +934,7 @@ class Gateway:
             async with asyncio.timeout(self.settings.drain_timeout_s):
                 await asyncio.gather(
                     *(c.shutdown(1012, "service restart") for c in connections),
+                    self.media.drain(),
                     return_exceptions=True,
                 )
                 if self._server is not None:
@@ -957,8 +960,12 @@ class Gateway:
 
     # --- connections ---------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response | None] | None:
         """Refuse an upgrade before it happens: draining, full, unauthorised or a bad path."""
+        if self.media.handles(request.path):
+            return self.media.process_request(connection, request)
         if self.draining:
             return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
         if len(self.connections) >= self.max_connections:
@@ -995,6 +1002,12 @@ class Gateway:
         assert task is not None
         self._handlers.add(task)
         assert ws.request is not None  # the handshake is done; process_request checked the path
+        if self.media.handles(ws.request.path):
+            try:
+                await self.media.serve(ws)
+            finally:
+                self._handlers.discard(task)
+            return
         caller = CallerConnection(self, ws, parse_route(ws.request.path))
         self.connections.add(caller)
         GATEWAY_CONNECTIONS.set(len(self.connections))

@@ -325,6 +325,13 @@ class RealtimeAudioClient(EventEmitter, abc.ABC):
         """
         return None
 
+    def report_playback(self, response_id: str | None, played_ms: int) -> None:
+        """The caller's player has played ``played_ms`` of response ``response_id`` (e.g. what a
+        phone confirmed through Twilio marks). A client that truncates the model's reply on
+        barge-in uses the latest report, advanced by the time since it arrived, instead of its
+        wall-clock estimate. The default ignores it (a provider that needs no truncation)."""
+        return None
+
     def request_response(self, instruction: str | None = None) -> None:
         """Ask the model to respond now (optionally with a one-off instruction)."""
         if not self.capabilities.request_response:

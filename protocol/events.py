@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +12,7 @@ __all__ = [
     "AudioEvent",
     "ConfigUpdatedEvent",
     "ConnectionEvent",
+    "DtmfEvent",
     "ErrorEvent",
     "EventName",
     "InterruptedEvent",
@@ -38,6 +39,7 @@ EventName = Literal[
     "reconnected",
     "closed",
     "error",
+    "dtmf",
 ]
 
 Strategy = Literal["in-place", "resumed", "replayed"]
@@ -128,6 +130,12 @@ class ErrorEvent(_Event):
     recoverable: bool = True
 
 
+class DtmfEvent(_Event):
+    """The caller pressed a key on a phone keypad (relayed by a media leg, e.g. Twilio's)."""
+
+    digit: Annotated[str, Field(pattern=r"^[0-9*#A-D]$")]
+
+
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "audio": AudioEvent,
     "tool-call": ToolCallEvent,
@@ -143,6 +151,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     "reconnected": ConnectionEvent,
     "closed": ConnectionEvent,
     "error": ErrorEvent,
+    "dtmf": DtmfEvent,
 }
 
 EVENT_NAMES: frozenset[str] = frozenset(EVENT_MODELS)

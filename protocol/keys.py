@@ -9,6 +9,7 @@ session (the fenced-write and lease scripts) is legal on a cluster::
     <ns>:{<sid>}:out      stream  events and acknowledgements, in provider order
     <ns>:{<sid>}:state    hash    the session record (config, owner, epoch, cursor, ...)
     <ns>:{<sid>}:lease    string  "<epoch>:<worker id>" with a PX time to live (the owner's lease)
+    <ns>:{<sid>}:mt:<id>  string  a media token that was used (SET NX, expires with the token)
 
 Keys that span sessions (not cluster-slotted; arq needs a single-node Redis anyway)::
 
@@ -96,6 +97,12 @@ class SessionKeys:
     def all(self) -> tuple[str, ...]:
         """Every key of the session (for expiry and clean-up)."""
         return (self.input, self.output, self.state, self.lease)
+
+    def media_token(self, token_id: str) -> str:
+        """Marks media token ``token_id`` of this session as used (``ingress.media_tokens``)."""
+        if not (0 < len(token_id) <= 64 and token_id.isascii() and token_id.isalnum()):
+            raise ValueError(f"media token id {_shown(token_id)} is not 1-64 ASCII letters/digits")
+        return f"{self.input.removesuffix(':in')}:mt:{token_id}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -49,9 +49,11 @@ __all__ = [
     "Command",
     "CommandEntry",
     "DisconnectCommand",
+    "DtmfCommand",
     "EventEntry",
     "Fields",
     "PingCommand",
+    "PlaybackCommand",
     "RequestResponseCommand",
     "SessionRecord",
     "StateField",
@@ -148,16 +150,46 @@ class PingCommand(_Command):
     type: Literal["ping"] = "ping"
 
 
+class DtmfCommand(_Command):
+    """The caller pressed a keypad key: the worker publishes a ``dtmf`` event (not acknowledged).
+
+    A media leg (``ingress.media``) sends it, so the backend's own attached client sees the key
+    on the output stream in order with the other events."""
+
+    type: Literal["dtmf"] = "dtmf"
+    digit: str = Field(pattern=r"^[0-9*#A-D]$")
+
+
+class PlaybackCommand(_Command):
+    """The caller's player has played ``played_ms`` of response ``response_id`` (not
+    acknowledged). A provider client that truncates on barge-in uses the latest report instead of
+    its wall-clock estimate (``RealtimeAudioClient.report_playback``)."""
+
+    type: Literal["playback"] = "playback"
+    response_id: str | None = Field(default=None, max_length=256)
+    played_ms: int = Field(ge=0, le=24 * 3600 * 1000)
+
+
 Command = Annotated[
     ToolResponseCommand
     | UpdateConfigCommand
     | RequestResponseCommand
     | DisconnectCommand
-    | PingCommand,
+    | PingCommand
+    | DtmfCommand
+    | PlaybackCommand,
     Field(discriminator="type"),
 ]
 _COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-_COMMAND_TYPES = ("tool_response", "update_config", "request_response", "disconnect", "ping")
+_COMMAND_TYPES = (
+    "tool_response",
+    "update_config",
+    "request_response",
+    "disconnect",
+    "ping",
+    "dtmf",
+    "playback",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

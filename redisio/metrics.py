@@ -204,7 +204,7 @@ GATEWAY_REJECTED = Counter(
     "voicegrid_gateway_rejected",
     "Caller connections and messages the gateway refused, by reason (unauthorized, bad_request, "
     "not_found, full, draining, invalid_message, invalid_audio, too_many_requests, "
-    "start_timeout, slow_consumer).",
+    "start_timeout, slow_consumer, media_token).",
     ["reason"],
     registry=REGISTRY,
 )

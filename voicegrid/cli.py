@@ -49,6 +49,14 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="drive the provider client directly instead of through Redis and a worker",
     )
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="serve the browser page (gateway /demo/) for a session this backend creates; "
+        "prints the link to open",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="--browser: gateway interface (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="--browser: gateway port (8080)")
 
 
 def _add_simulate(p: argparse.ArgumentParser) -> None:
@@ -121,6 +129,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run
+
+    if args.browser:
+        from .browser_demo import run_browser
+
+        _logging_from_env("WARNING")
+        return run_browser(args)
 
     # the timeline on stdout is the demo's output; component logs only from WARNING on
     _logging_from_env("WARNING")

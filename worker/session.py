@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from protocol import (
     AudioEvent,
     ConnectionEvent,
+    DtmfEvent,
     ErrorEvent,
     ProviderConnectionError,
     ProviderError,
@@ -54,7 +55,9 @@ from protocol.streams import (
     AudioEntry,
     Command,
     DisconnectCommand,
+    DtmfCommand,
     PingCommand,
+    PlaybackCommand,
     RequestResponseCommand,
     SessionRecord,
     StateField,
@@ -535,6 +538,10 @@ class SessionRunner:
             elif isinstance(command, DisconnectCommand):
                 self._holding = True
                 self._spawn(self._disconnect(entry_id))
+            elif isinstance(command, DtmfCommand):
+                self._emit("dtmf", DtmfEvent(digit=command.digit))
+            elif isinstance(command, PlaybackCommand):
+                client.report_playback(command.response_id, command.played_ms)
         except VoicegridError as exc:
             self._emit("error", _error_event(exc, f"{command.type} command {entry_id}"))
         self._record_updates[StateField.COMMAND_CURSOR] = entry_id.encode()

@@ -249,6 +249,11 @@ class OpenAIRealtimeClient(WebSocketRealtimeClient):
         self._apply(translator.tool_responses(parse_tool_responses(responses)))
         self._state_changed()  # the results join the exported conversation
 
+    def report_playback(self, response_id: str | None, played_ms: int) -> None:
+        """Barge-in truncates at the caller's reported position (see ``RealtimeAudioClient``)."""
+        if self._translator is not None:
+            self._translator.report_playback(response_id, played_ms, time.monotonic())
+
     def _request_response(self, instruction: str | None) -> None:
         translator = self._live_translator("request_response")
         check_instruction(instruction)

@@ -28,9 +28,11 @@ Rules the tables serve:
   turn is open under server VAD (the automatic response then sees the outputs). A response that
   the server created after the outputs were added covers them; no extra ``response.create``.
 - Barge-in (``speech_started`` while a reply is active or still playing): ``interrupted`` and a
-  ``conversation.item.truncate`` whose integer ``audio_end_ms`` is the estimated played time
-  (wall clock since the item's first audio) clamped to the audio actually received
-  (bytes/48 for PCM16 24 kHz, bytes/8 for G.711); no truncate before the first audio frame.
+  ``conversation.item.truncate`` whose integer ``audio_end_ms`` is the played time clamped to the
+  audio actually received (bytes/48 for PCM16 24 kHz, bytes/8 for G.711); no truncate before the
+  first audio frame. The played time is the caller's own report when it sent one for that
+  response (``report_playback``, e.g. a phone's confirmed Twilio marks), advanced by the time
+  since the report arrived; otherwise the wall clock since the item's first audio.
   With ``interrupt_response=False`` the client cancels the response itself (``response.cancel``
   before the truncate). Trailing deltas of an interrupted response are dropped.
 """
@@ -213,6 +215,23 @@ class Playback:
         self.converter = AudioConverter(self.wire, output)
         self.item: AudioItem | None = None
         self.seen = False
+        # the caller's last playback report: (response id, played ms, when it arrived)
+        self.reported: tuple[str | None, float, float] | None = None
+
+    def report(self, response_id: str | None, played_ms: int, now: float) -> None:
+        """The caller has played ``played_ms`` of ``response_id`` at ``now`` (monotonic s)."""
+        self.reported = (response_id, float(played_ms), now)
+
+    def played_ms(self, item: AudioItem, now: float) -> float:
+        """How much of ``item`` the caller has heard at ``now``: its own report for the item's
+        response advanced by the time since (playback runs in real time), else the wall clock
+        since the item's first audio; never negative."""
+        reported = self.reported
+        if reported is not None and item.response_id is not None:
+            response_id, played_ms, at = reported
+            if response_id == item.response_id:
+                return max(0.0, played_ms + (now - at) * 1000.0)
+        return max(0.0, (now - item.first_at) * 1000.0)
 
     def rebuild(self, output: AudioFormat) -> None:
         """The session output format ``output`` is in effect on the wire."""
@@ -455,7 +474,7 @@ class ResponseLifecycle:
         playing = False
         if item is not None and not item.truncated:
             received_ms = playback.received_ms(item)
-            playing = item.response_id == active or (now - item.first_at) * 1000.0 < received_ms
+            playing = item.response_id == active or playback.played_ms(item, now) < received_ms
         if active is None and not playing:
             return []
         response_id = active if active is not None else item.response_id if item else None
@@ -472,7 +491,7 @@ class ResponseLifecycle:
             )
         if item is not None and playing and item.wire_bytes > 0:
             received_ms = playback.received_ms(item)
-            played_ms = max(0.0, (now - item.first_at) * 1000.0)
+            played_ms = playback.played_ms(item, now)
             item.truncated = True
             if item.response_id is not None:
                 self.interrupted.add(item.response_id)

@@ -295,6 +295,10 @@ class OpenAITranslator:
         """Count input audio queued since the last commit (manual turn detection)."""
         self._events.uncommitted_bytes += nbytes
 
+    def report_playback(self, response_id: str | None, played_ms: int, now: float) -> None:
+        """The caller's player has played ``played_ms`` of ``response_id`` (barge-in uses it)."""
+        self._events.playback.report(response_id, played_ms, now)
+
     def request_response(self, instruction: str | None) -> list[Action]:
         """Ask for a response; queued until no response is active (or owed to the server).
 

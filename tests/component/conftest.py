@@ -269,6 +269,10 @@ class RunningGateway:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.gateway.port}/v1/sessions"
 
+    @property
+    def base(self) -> str:
+        return f"ws://127.0.0.1:{self.gateway.port}"
+
     async def stop(self) -> None:
         """SIGTERM: drain, then return."""
         self.stop_event.set()
@@ -287,7 +291,10 @@ async def start_gateway(
     running: list[RunningGateway] = []
 
     async def start(**options: Any) -> RunningGateway:
-        changes = {k: options.pop(k) for k in list(options) if k.startswith("gateway_")}
+        media = ("media_token_secret", "media_token_ttl_s", "twilio_auth_token", "public_url")
+        changes = {
+            k: options.pop(k) for k in list(options) if k.startswith("gateway_") or k in media
+        }
         base = worker_settings()
         settings = GatewaySettings(
             redis_url=base.redis_url,

@@ -14,6 +14,7 @@ from protocol import (
     AudioEvent,
     ConfigUpdatedEvent,
     ConnectionEvent,
+    DtmfEvent,
     ErrorEvent,
     ProviderAuthError,
     RealtimeSessionConfigUpdate,
@@ -31,8 +32,10 @@ from protocol.streams import (
     AudioEntry,
     CommandEntry,
     DisconnectCommand,
+    DtmfCommand,
     EventEntry,
     PingCommand,
+    PlaybackCommand,
     RequestResponseCommand,
     SessionRecord,
     ToolResponseCommand,
@@ -92,6 +95,12 @@ commands = st.one_of(
     st.builds(RequestResponseCommand, instruction=st.none() | st.text(max_size=40)),
     st.just(PingCommand()),
     st.just(DisconnectCommand()),
+    st.builds(DtmfCommand, digit=st.sampled_from(list("0123456789*#ABCD"))),
+    st.builds(
+        PlaybackCommand,
+        response_id=st.none() | st.text(min_size=1, max_size=20),
+        played_ms=st.integers(0, 10**7),
+    ),
     st.builds(
         UpdateConfigCommand,
         update=st.builds(
@@ -109,6 +118,13 @@ def test_commands_round_trip(command: Any, ts: int) -> None:
     assert isinstance(entry, CommandEntry)
     assert entry.ts_us == ts
     assert entry.command == command
+
+
+def test_a_dtmf_command_names_the_bad_digit() -> None:
+    with pytest.raises(StreamEntryError, match="digit"):
+        decode_input(
+            as_redis({**encode_command(PingCommand()), "c": "dtmf", "b": b'{"digit":"x"}'})
+        )
 
 
 def test_a_config_update_carries_only_the_fields_set() -> None:
@@ -154,6 +170,7 @@ events = st.one_of(
             ("reconnected", ConnectionEvent(reason="takeover", strategy="replayed")),
             ("closed", ConnectionEvent(reason="disconnect", code=1000)),
             ("error", ErrorEvent(code="x", message="y", recoverable=False)),
+            ("dtmf", DtmfEvent(digit="#")),
         ]
     ),
 )

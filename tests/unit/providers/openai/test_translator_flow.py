@@ -63,6 +63,36 @@ def test_g711_truncate_counts_eight_bytes_per_ms(wire: Any) -> None:
     assert truncate["audio_end_ms"] == 100
 
 
+def test_truncate_uses_the_callers_playback_report(wire: Any) -> None:
+    # 300 ms received at t=0; the phone confirmed 40 ms played at t=0.5 (its jitter buffer and
+    # the network held the rest back): barge-in at t=0.625 truncates at 40 + 125 ms, not 300
+    translator = wire.live()
+    playing(wire, translator)
+    translator.report_playback("r1", 40, 0.5)
+    (truncate,) = wire.sent(translator.receive(wire.speech_started(), 0.625))
+    assert truncate["audio_end_ms"] == 165
+
+
+def test_a_report_for_another_response_is_ignored(wire: Any) -> None:
+    translator = wire.live()
+    playing(wire, translator)
+    translator.report_playback("r0", 10, 0.0)  # a previous reply's position
+    (truncate,) = wire.sent(translator.receive(wire.speech_started(), 0.1234))
+    assert truncate["audio_end_ms"] == 123  # the wall-clock estimate
+
+
+def test_a_reported_position_keeps_a_finished_reply_playing(wire: Any) -> None:
+    # the reply was generated at once and is done; the wall clock says it ended (200 ms at
+    # t=0, now t=1), but the phone reported only 50 ms played at t=0.875: still playing
+    translator = wire.live()
+    wire.drive(translator, wire.reply("r1", "i1"), now=0.0)
+    translator.report_playback("r1", 50, 0.875)
+    actions = translator.receive(wire.speech_started(), 1.0)
+    assert wire.names(actions) == ["speech-started", "interrupted"]
+    (truncate,) = wire.sent(actions)
+    assert truncate["audio_end_ms"] == 175
+
+
 def test_no_truncate_before_the_first_audio_frame(wire: Any) -> None:
     translator = wire.live()
     wire.drive(translator, [wire.response_created("r1"), wire.message_added("r1", "i1")])

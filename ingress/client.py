@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import logging
 import os
-import time
 import uuid
 import weakref
 from collections import deque
@@ -51,16 +50,16 @@ from protocol import (
     parse_update,
 )
 from protocol.audio import check_frame
+from protocol.create import CREATE_MAXLEN, check_options, encode_create_request
 from protocol.keys import DEFAULT_NAMESPACE, Keys, SessionKeys, validate_session_id
 from protocol.streams import (
     CLOSED_TTL_S,
-    CONNECT_REF,
-    IDLE_TTL_S,
     INPUT_MAXLEN,
     AckEntry,
     Command,
     DisconnectCommand,
     DtmfCommand,
+    Fields,
     PingCommand,
     PlaybackCommand,
     RequestResponseCommand,
@@ -74,10 +73,11 @@ from protocol.streams import (
     encode_command,
     encode_record,
     entry_id_key,
+    error_from_body,
     now_us,
 )
 from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
-from redisio.jobs import enqueue_session
+from redisio.creation import claim_session
 from redisio.metrics import AUDIO_FRAMES_DROPPED
 from redisio.pumps import PipelineWriter, StreamReader
 from redisio.settings import batch_linger_s, redact_url
@@ -92,8 +92,9 @@ ACK_TIMEOUT_S = 15.0
 #: Seconds of caller audio a client buffers while Redis is unreachable; older frames are dropped
 #: (drop-oldest, counted, reported as an ``error`` event).
 INGRESS_BUFFER_S = 5.0
-#: Options that stay on the worker: credentials and endpoints are the worker's configuration.
-_WORKER_ONLY_OPTIONS = frozenset({"api_key", "url"})
+#: How often a connecting client looks for a rejection of its create request that could not be
+#: answered on the session's output stream (its id was taken meanwhile).
+REJECTION_POLL_S = 1.0
 
 
 class IngressHub:
@@ -249,12 +250,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         super().__init__(model=model)
         if not isinstance(provider, str) or not provider:
             raise ConfigError(f"provider must be a non-empty string, got {provider!r}")
-        bad = sorted(_WORKER_ONLY_OPTIONS & set(options))
-        if bad:
-            raise ConfigError(
-                f"options {bad} cannot be sent through Redis; credentials and endpoints are the "
-                "worker's configuration (OPENAI_API_KEY, VOICEGRID_OPENAI_URL, ...)"
-            )
+        check_options(options)
         try:
             orjson.dumps(options)
         except TypeError as exc:
@@ -326,65 +322,104 @@ class RedisRealtimeClient(RealtimeAudioClient):
         keys = self._keys_layout.session(session_id)
         self._bind(keys, parsed)
         hub = self._open_hub()
-        record = SessionRecord(
+        request = encode_create_request(
+            session_id=session_id,
             provider=self.provider,
             model=self.model,
-            config=parsed.model_dump(mode="json"),
+            config=parsed,
             options=self._options,
-            created_us=now_us(),
         )
-        ack = self._expect_ack(CONNECT_REF)
+        request_id: str | None = None
         try:
-            await self._create(hub, keys, record)
+            request_id = await self._create(hub, keys, request)
+            ack = self._expect_ack(request_id)
             await hub.follow(keys.output, "0-0", self)
-            entry = await asyncio.wait_for(asyncio.shield(ack), self._connect_timeout_s)
+            entry = await self._created(hub, ack, request_id)
         except TimeoutError:
-            await self._abandon(hub, keys)
+            await self._abandon(hub, keys, request_id)
             raise SessionTimeout(
                 f"no worker connected session {session_id} within {self._connect_timeout_s}s; "
                 "check that voicegrid workers run against this Redis and namespace "
                 f"({self._namespace!r})"
             ) from None
         except BaseException:
-            await self._abandon(hub, keys)
+            await self._abandon(hub, keys, request_id)
             raise
         if not entry.ok:
-            await self._abandon(hub, keys)
+            await self._abandon(hub, keys, request_id)
             assert entry.error is not None
             raise entry.error
         self._set_capabilities(entry.result.get("capabilities"))
         self._lifecycle.to(SessionState.LIVE)
 
-    async def _create(self, hub: IngressHub, keys: SessionKeys, record: SessionRecord) -> None:
-        fields = encode_record(record)
+    async def _create(self, hub: IngressHub, keys: SessionKeys, request: Fields) -> str:
+        """Post the create request (docs/streams.md, "Creating a session"); its entry id."""
         try:
-            created = await hub.redis.hsetnx(  # type: ignore[misc]
-                keys.state, StateField.VERSION, fields["v"].decode()
-            )
-            if not created:
+            if await hub.redis.exists(keys.state):
                 raise UsageError(
                     f"session {keys.session_id!r} already exists; use attach() to join it or "
                     "pick another session_id"
                 )
-            async with hub.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.state, mapping=dict(fields))
-                pipe.pexpire(keys.state, IDLE_TTL_S * 1000)
-                pipe.zadd(self._keys_layout.live, {keys.session_id: _deadline_ms()})
-                await pipe.execute()
-            await enqueue_session(hub.redis, self._keys_layout, keys.session_id, 1)
+            entry_id = await hub.redis.xadd(
+                self._keys_layout.create,
+                request,  # type: ignore[arg-type]
+                maxlen=CREATE_MAXLEN,
+                approximate=True,
+            )
         except REDIS_ERRORS as exc:
             raise _redis_failure(exc, self.redis_url) from exc
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
-    async def _abandon(self, hub: IngressHub, keys: SessionKeys) -> None:
-        """A connect that failed or timed out: close the session so no worker runs it later."""
+    async def _created(
+        self, hub: IngressHub, ack: asyncio.Future[AckEntry], request_id: str
+    ) -> AckEntry:
+        """Wait for the acknowledgement of ``request_id``; a request rejected without a session
+        of its own (the id was taken meanwhile) is answered on ``<ns>:create:rejected``, which
+        is checked every :data:`REJECTION_POLL_S`. Raises ``TimeoutError`` after the connect
+        timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._connect_timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(ack), min(REJECTION_POLL_S, remaining))
+            with contextlib.suppress(*REDIS_ERRORS):
+                rejected = await hub.redis.xrange(
+                    self._keys_layout.create_rejected, min=request_id, count=100
+                )
+                for _, fields in rejected:
+                    if fields.get(b"req") == request_id.encode():
+                        body = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+                        raise error_from_body(body)
+
+    async def _abandon(self, hub: IngressHub, keys: SessionKeys, request_id: str | None) -> None:
+        """A connect that failed or timed out: close the session so no worker runs it later.
+
+        Only a session this client's request made is touched: the id is claimed with a closed
+        record if no worker handled the request yet, else its record is marked closed."""
         hub.unfollow(keys.output)
-        with contextlib.suppress(*REDIS_ERRORS):
-            async with hub.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(keys.state, StateField.STATUS, "closed")
-                for key in (keys.state, keys.input, keys.output):
-                    pipe.pexpire(key, CLOSED_TTL_S * 1000)
-                pipe.zrem(self._keys_layout.live, keys.session_id)
-                await pipe.execute()
+        if request_id is not None:
+            closed = SessionRecord(
+                provider=self.provider,
+                model=self.model,
+                config={},
+                status="closed",
+                created_us=now_us(),
+                request=request_id,
+            )
+            with contextlib.suppress(*REDIS_ERRORS):
+                outcome, _ = await claim_session(
+                    hub.redis, keys, request_id, encode_record(closed), ttl_s=CLOSED_TTL_S
+                )
+                if outcome == "retry":
+                    async with hub.redis.pipeline(transaction=False) as pipe:
+                        pipe.hset(keys.state, StateField.STATUS, "closed")
+                        for key in (keys.state, keys.input, keys.output):
+                            pipe.pexpire(key, CLOSED_TTL_S * 1000)
+                        pipe.zrem(self._keys_layout.live, keys.session_id)
+                        await pipe.execute()
         self._lifecycle.to(SessionState.CLOSED)
         await self._close_hub()
 
@@ -685,11 +720,6 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     self._finishing = asyncio.get_running_loop().create_task(self._close_hub())
                 return
             self.emit(entry.name, entry.payload)
-
-
-def _deadline_ms() -> int:
-    # a new session waits this long for its first lease before the reaper re-checks its job
-    return int((time.time() + 5.0) * 1000)
 
 
 def _redis_failure(exc: BaseException, url: str) -> VoicegridError:

@@ -15,6 +15,8 @@ Keys that span sessions (not cluster-slotted; arq needs a single-node Redis anyw
 
     <ns>:queue            zset    the arq queue of session jobs
     <ns>:live             zset    open sessions -> lease deadline (ms); the reaper scans it
+    <ns>:create           stream  session create requests, any Redis client (protocol/create.py)
+    <ns>:create:rejected  stream  answers to create requests that have no session of their own
     <ns>:wake:<reader>    stream  wakes one process's blocking multiplexed XREAD
 
 Session ids are validated by :func:`validate_session_id` before they become part of a key.
@@ -135,6 +137,16 @@ class Keys:
     def live(self) -> str:
         """Sorted set: open session id -> lease deadline in epoch milliseconds."""
         return f"{self.namespace}:live"
+
+    @property
+    def create(self) -> str:
+        """Stream of session create requests (consumed by the workers' consumer group)."""
+        return f"{self.namespace}:create"
+
+    @property
+    def create_rejected(self) -> str:
+        """Stream answering create requests whose session id is invalid or already in use."""
+        return f"{self.namespace}:create:rejected"
 
     def wake(self, reader_id: str) -> str:
         """The wake-up stream of one process's multiplexed reader."""

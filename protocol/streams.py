@@ -538,6 +538,7 @@ class StateField:
     CREATED = "created"
     CAPABILITIES = "caps"
     OPEN_RESPONSE = "open_resp"
+    REQUEST = "req"
 
 
 Status = Literal["pending", "live", "closed"]
@@ -552,7 +553,9 @@ class SessionRecord(BaseModel):
     resumption handle); ``conversation`` the summary used for replay; ``handoff`` the epoch that
     handed the session over on drain (0: none); ``capabilities`` the provider client's;
     ``open_response`` the id of a model turn whose output was published but whose
-    ``response-done`` was not ("": none), which a new owner closes as ``failed``.
+    ``response-done`` was not ("": none), which a new owner closes as ``failed``;
+    ``request`` the entry id of the create request that made the session ("": none), which the
+    ``connect`` acknowledgement answers (its ``ref``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -572,6 +575,7 @@ class SessionRecord(BaseModel):
     created_us: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
     open_response: str = ""
+    request: str = ""
 
 
 _JSON_FIELDS = {
@@ -592,6 +596,7 @@ _PLAIN_FIELDS = {
     StateField.HANDOFF: "handoff",
     StateField.CREATED: "created_us",
     StateField.OPEN_RESPONSE: "open_response",
+    StateField.REQUEST: "request",
 }
 
 
@@ -606,7 +611,10 @@ def encode_record(record: SessionRecord) -> dict[str, bytes]:
 
 
 def decode_record(fields: Mapping[Any, Any]) -> SessionRecord:
-    """Decode a state hash; raise ``StreamEntryError`` naming the bad field."""
+    """Decode a state hash; raise ``StreamEntryError`` naming the bad field.
+
+    An absent or empty optional field takes its default (a record is never rejected for a
+    field it could do without)."""
     raw = _get(fields, StateField.VERSION)
     if raw != _VERSION:
         raise StreamEntryError(
@@ -615,7 +623,7 @@ def decode_record(fields: Mapping[Any, Any]) -> SessionRecord:
     values: dict[str, Any] = {}
     for field, attr in _JSON_FIELDS.items():
         value = _get(fields, field, required=False)
-        if value is not None:
+        if value is not None and value.strip():
             try:
                 values[attr] = orjson.loads(value)
             except orjson.JSONDecodeError as exc:

@@ -68,6 +68,7 @@ from redisio.metrics import (
 from redisio.pumps import OutputWriter, StreamReader
 
 from .admission import HEARTBEAT_S, AdmissionGate, LoopLagMeter
+from .creation import CreateConsumer, close_unreadable
 from .session import Phase, SessionRunner
 from .settings import WorkerSettings
 
@@ -124,6 +125,8 @@ class WorkerRuntime:
         self.lag = LoopLagMeter()
         self.admission = AdmissionGate(settings.max_loop_lag_s)
         self._ended = asyncio.Condition()
+        #: turns ``<ns>:create`` requests into sessions (any Redis client can create one)
+        self.creator = CreateConsumer(self)
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class WorkerRuntime:
             (self._checkpoint_loop(), "checkpointer"),
             (self._reap_loop(), "reaper"),
             (self._heartbeat(), "heartbeat"),
+            (self.creator.run(), "creator"),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"voicegrid-{name}"))
         self.http = HealthServer(self, port=self.settings.metrics_port)
@@ -298,7 +302,7 @@ class WorkerRuntime:
             record = decode_record(replies[-1])
         except StreamEntryError as exc:
             log.error("session %s has a malformed record (%s); closing it", session_id, exc)
-            await self.redis.delete(*keys.all)
+            await close_unreadable(self.redis, self.keys, keys, replies[-1], exc, epoch=epoch)
             return
         runner = SessionRunner(self, lease, record)
         if runner.kind == "takeover":

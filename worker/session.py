@@ -197,6 +197,8 @@ class SessionRunner:
         # failed right after ``reconnected``
         self._open_response = record.open_response
         self._inherited_response = record.open_response if self.kind != "new" else ""
+        # the connect acknowledgement answers the create request (its entry id)
+        self._connect_ref = record.request or CONNECT_REF
         # input
         self.last_id = record.cursor
         self._last_key = entry_id_key(record.cursor)
@@ -304,7 +306,7 @@ class SessionRunner:
             self._record_updates[StateField.CAPABILITIES] = orjson.dumps(capabilities)
             self._push(
                 encode_ack(
-                    CONNECT_REF, epoch=self.lease.epoch, result={"capabilities": capabilities}
+                    self._connect_ref, epoch=self.lease.epoch, result={"capabilities": capabilities}
                 )
             )
         else:
@@ -343,7 +345,7 @@ class SessionRunner:
         if self.kind == "new":
             self._push(
                 encode_ack(
-                    CONNECT_REF,
+                    self._connect_ref,
                     epoch=self.lease.epoch,
                     error=error or ProviderConnectionError(message, code=code, recoverable=False),
                 )

@@ -63,6 +63,13 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["openai", "gemini"], default="openai")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port to listen on (8765)")
+    p.add_argument(
+        "--script",
+        metavar="SCENARIO.json",
+        default=None,
+        help="scenario file: tool calls, barge-in, errors, goAway timing (docs/simulator.md); "
+        "the environment overrides it",
+    )
     p.epilog = format_environment(_SIM_ENVIRONMENT)
 
 

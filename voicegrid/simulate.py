@@ -2,8 +2,9 @@
 
 ``voicegrid simulate --protocol openai --host 127.0.0.1 --port 8765`` serves the OpenAI Realtime
 GA protocol at ``ws://HOST:PORT/v1/realtime``; ``--protocol gemini`` serves Gemini Live. The
-scripted model uses :class:`SimScript` defaults, which
-``VOICEGRID_SIM_*`` environment variables override (see :func:`script_from_env`). Frames are not
+scripted model uses :class:`SimScript` defaults, or the scenario file given with ``--script``
+(:mod:`providers.simulator.scenario`), which ``VOICEGRID_SIM_*`` environment variables override
+(see :func:`script_from_env`). Frames are not
 recorded (``record=False``), so a long-running simulator keeps flat memory.
 """
 
@@ -18,6 +19,7 @@ import sys
 
 from protocol.errors import ConfigError
 from providers.simulator import BaseSimulator, GeminiSimulator, OpenAISimulator, SimScript
+from providers.simulator.scenario import load_scenario
 
 from .logs import console_line
 from .runloop import run_main, stop_on_signals
@@ -40,15 +42,18 @@ def _number(env: dict[str, str], name: str, minimum: float) -> float | None:
     return value
 
 
-def script_from_env(environ: dict[str, str] | None = None) -> SimScript:
-    """The simulator script, with overrides from ``VOICEGRID_SIM_*`` environment variables.
+def script_from_env(
+    environ: dict[str, str] | None = None, *, base: SimScript | None = None
+) -> SimScript:
+    """The simulator script (``base``, e.g. a scenario file's, else the defaults), with
+    overrides from ``VOICEGRID_SIM_*`` environment variables.
 
     ``VOICEGRID_SIM_REPLY`` (reply text), ``VOICEGRID_SIM_SPEED`` (>= 0, audio pacing),
     ``VOICEGRID_SIM_CHUNK_MS`` (>= 1, ms of audio per delta), ``VOICEGRID_SIM_API_KEY`` (the only
     key accepted). Raises ``ConfigError`` naming a bad value.
     """
     env = dict(os.environ if environ is None else environ)
-    script = SimScript()
+    script = base if base is not None else SimScript()
     if "VOICEGRID_SIM_REPLY" in env:
         script.reply_text = env["VOICEGRID_SIM_REPLY"]
     speed = _number(env, "VOICEGRID_SIM_SPEED", 0)
@@ -85,11 +90,13 @@ async def _serve(simulator: BaseSimulator) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``voicegrid simulate``; returns the process exit code."""
     try:
+        scenario = getattr(args, "script", None)
+        base = load_scenario(scenario) if scenario else None
         simulator = build_simulator(
             getattr(args, "protocol", "openai"),
             getattr(args, "host", "127.0.0.1"),
             int(getattr(args, "port", 8765)),
-            script_from_env(),
+            script_from_env(base=base),
         )
     except ConfigError as exc:
         print(console_line(f"voicegrid simulate: {exc}", level=logging.ERROR), file=sys.stderr)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -33,6 +41,9 @@ AudioEncoding = Literal["pcm16", "mulaw", "alaw"]
 #: Sample rates the streaming converter supports (telephony, wideband, provider native, studio).
 SUPPORTED_SAMPLE_RATES: frozenset[int] = frozenset({8000, 16000, 24000, 48000})
 
+#: what the sample rate validator checks, stated in the JSON Schema (``voicegrid schema``)
+_RATES: dict[str, JsonValue] = {"enum": [*sorted(SUPPORTED_SAMPLE_RATES)]}
+
 _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
 
@@ -44,7 +55,7 @@ class AudioFormat(_Frozen):
     """A mono audio format: PCM16 little-endian or G.711 (mu-law / A-law) at ``sample_rate``."""
 
     encoding: AudioEncoding = "pcm16"
-    sample_rate: int = 24000
+    sample_rate: int = Field(default=24000, json_schema_extra=_RATES)
 
     @field_validator("sample_rate")
     @classmethod
@@ -86,7 +97,7 @@ class TurnDetection(_Frozen):
 class ToolDefinition(_Frozen):
     """A function the model may call; ``parameters`` is a JSON Schema object."""
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": _TOOL_NAME.pattern})
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
 
@@ -112,6 +123,9 @@ class ToolDefinition(_Frozen):
 
 
 _TOOL_CHOICES = ("auto", "none", "required")
+# the ranges the validators below check, for the JSON Schema (``voicegrid schema``)
+_TEMPERATURE: dict[str, JsonValue] = {"minimum": 0.0, "maximum": 2.0}
+_MAX_TOKENS: dict[str, JsonValue] = {"minimum": 1, "maximum": 1_000_000}
 
 
 class _ConfigFields(_Frozen):
@@ -155,8 +169,8 @@ class RealtimeSessionConfig(_ConfigFields):
     turn_detection: TurnDetection = Field(default_factory=TurnDetection)
     input_transcription: bool = True
     output_transcription: bool = True
-    temperature: float | None = None
-    max_output_tokens: int | None = None
+    temperature: float | None = Field(default=None, json_schema_extra=_TEMPERATURE)
+    max_output_tokens: int | None = Field(default=None, json_schema_extra=_MAX_TOKENS)
     language: str | None = None
     provider_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -197,8 +211,8 @@ class RealtimeSessionConfigUpdate(_ConfigFields):
     turn_detection: TurnDetection | None = None
     input_transcription: bool | None = None
     output_transcription: bool | None = None
-    temperature: float | None = None
-    max_output_tokens: int | None = None
+    temperature: float | None = Field(default=None, json_schema_extra=_TEMPERATURE)
+    max_output_tokens: int | None = Field(default=None, json_schema_extra=_MAX_TOKENS)
     language: str | None = None
     provider_options: dict[str, Any] | None = None
 

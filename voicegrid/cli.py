@@ -73,6 +73,19 @@ def _add_simulate(p: argparse.ArgumentParser) -> None:
     p.epilog = format_environment(_SIM_ENVIRONMENT)
 
 
+def _add_schema(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", default="docs/schema", help="directory of the schema files (docs/schema)"
+    )
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is stale")
+
+
+def _run_schema(args: argparse.Namespace) -> int:
+    from .schema import run
+
+    return run(args)
+
+
 def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "bench_args",
@@ -174,6 +187,11 @@ _COMMANDS: dict[str, _Command] = {
     "simulate": ("serve a provider simulator on a local port", _add_simulate, _run_simulate),
     "demo": ("run a simulated (or --live) voice call end to end", _add_demo, _run_demo),
     "bench": ("run the benchmarks (from a source checkout)", _add_bench, _run_bench),
+    "schema": (
+        "write the JSON Schemas of the Redis contract (docs/schema/)",
+        _add_schema,
+        _run_schema,
+    ),
 }
 
 

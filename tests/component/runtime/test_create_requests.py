@@ -304,3 +304,21 @@ async def test_a_record_that_cannot_be_read_is_closed_visibly(
     await enqueue_session(redis, KEYS, "tolerant-1", 1)
     entries = await read_out(redis, "tolerant-1", lambda es: any(f.get("k") == b"k" for _, f in es))
     assert next(f for _, f in entries if f.get("k") == b"k")["ok"] == b"1"
+
+
+async def test_a_disconnect_sent_before_any_worker_ends_the_session_at_its_start(
+    start_worker: Any, make_redis: Any
+) -> None:
+    """How a producer without the claim script gives up (docs/streams.md, "Giving up")."""
+    redis = make_redis()
+    sid = f"quit-{uuid.uuid4().hex[:8]}"
+    request_id = (await redis.xadd(KEYS.create, create_fields(sid))).decode()
+    session = KEYS.session(sid)
+    bye = {"v": "1", "ts": "1", "k": "c", "c": "disconnect", "b": "{}"}
+    bye_id = (await redis.xadd(session.input, bye)).decode()
+    await start_worker()
+    entries = await read_out(redis, sid, ack_for(bye_id))
+    refs = [f["ref"].decode() for _, f in entries if f.get("k") == b"k"]
+    assert refs == [request_id, bye_id]
+    assert any(f.get("e") == b"closed" for _, f in entries)
+    assert await redis.hget(session.state, "status") == b"closed"

@@ -29,6 +29,7 @@ import orjson
 from .config import RealtimeSessionConfig, parse_config
 from .errors import ConfigError, InvalidSessionId, VoicegridError
 from .events import ConnectionEvent, ErrorEvent
+from .keys import _shown as _shown_value
 from .keys import validate_session_id
 from .streams import SCHEMA_VERSION, Fields, encode_ack, encode_event, now_us
 
@@ -95,10 +96,9 @@ class RequestRejected(Exception):
         self.session_id = session_id
 
 
-def _shown(raw: bytes | str, limit: int = 80) -> str:
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+def _shown(raw: bytes | str) -> str:
+    """A value for an error message: text, quoted, at most 80 characters."""
+    return _shown_value(raw.decode(errors="replace") if isinstance(raw, bytes) else raw)
 
 
 def check_options(options: Mapping[str, Any]) -> None:

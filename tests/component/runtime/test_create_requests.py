@@ -260,6 +260,15 @@ async def test_a_client_that_gave_up_leaves_nothing_to_start(
     assert await redis.hget(KEYS.session("gave-up").state, "status") == b"closed"
 
 
+async def hand_written(redis: Any, sid: str, **fields: str) -> Any:
+    """A session record written by hand (not through a create request), and its job."""
+    keys = KEYS.session(sid)
+    record = {"v": "1", "provider": "fake", "model": "m", "config": "{}", "status": "pending"}
+    await redis.hset(keys.state, mapping={**record, **fields})
+    await enqueue_session(redis, KEYS, sid, 1)
+    return keys
+
+
 async def test_a_record_that_cannot_be_read_is_closed_visibly(
     start_worker: Any, make_redis: Any
 ) -> None:
@@ -267,18 +276,7 @@ async def test_a_record_that_cannot_be_read_is_closed_visibly(
     ``closed``, not a silent delete (and empty optional fields take their defaults)."""
     await start_worker()
     redis = make_redis()
-    broken = KEYS.session("broken-1")
-    await redis.hset(
-        broken.state,
-        mapping={
-            "v": "1",
-            "provider": "fake",
-            "model": "m",
-            "config": "{oops",
-            "status": "pending",
-        },
-    )
-    await enqueue_session(redis, KEYS, "broken-1", 1)
+    broken = await hand_written(redis, "broken-1", config="{oops")
     entries = await read_out(
         redis, "broken-1", lambda es: any(f.get("e") == b"closed" for _, f in es)
     )
@@ -287,21 +285,7 @@ async def test_a_record_that_cannot_be_read_is_closed_visibly(
     assert entries[1][1]["ref"] == b"connect" and entries[1][1]["ok"] == b"0"
     assert await redis.hget(broken.state, "status") == b"closed"
 
-    tolerant = KEYS.session("tolerant-1")
-    await redis.hset(
-        tolerant.state,
-        mapping={
-            "v": "1",
-            "provider": "fake",
-            "model": "m",
-            "config": "{}",
-            "status": "pending",
-            "pstate": "",
-            "conv": "",
-            "caps": "",
-        },
-    )
-    await enqueue_session(redis, KEYS, "tolerant-1", 1)
+    await hand_written(redis, "tolerant-1", pstate="", conv="", caps="")
     entries = await read_out(redis, "tolerant-1", lambda es: any(f.get("k") == b"k" for _, f in es))
     assert next(f for _, f in entries if f.get("k") == b"k")["ok"] == b"1"
 

@@ -84,7 +84,8 @@ class RequestRejected(Exception):
     """A create request that cannot start a session.
 
     ``code`` is the ``error`` event's code (``invalid_request``, ``invalid_config``,
-    ``invalid_session_id``, ``session_exists``, ``request_expired``, ``unsupported_version``),
+    ``invalid_session_id``, ``session_exists``, ``request_expired``, ``unsupported_version``;
+    the worker adds ``malformed_record`` and ``internal_error``),
     ``error`` the exception the ``connect`` acknowledgement carries (its class travels as the
     body's ``type``), ``session_id`` the request's session id when it is a valid one.
     """

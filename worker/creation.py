@@ -42,7 +42,13 @@ from protocol.create import (
     decode_create_request,
     rejection_entries,
 )
-from protocol.errors import ConfigError, SessionTimeout, StreamEntryError, UsageError
+from protocol.errors import (
+    ConfigError,
+    RuntimeFailure,
+    SessionTimeout,
+    StreamEntryError,
+    UsageError,
+)
 from protocol.keys import Keys, SessionKeys
 from protocol.streams import (
     CLOSED_TTL_S,
@@ -126,6 +132,9 @@ class CreateConsumer:
             except REDIS_ERRORS as exc:
                 self.host.health.failed(exc)
                 await backoff.wait()
+            except Exception:
+                log.exception("create stream: handling failed; retrying")
+                await backoff.wait()
 
     async def poll(self, block_ms: int = READ_BLOCK_MS) -> int:
         """One round: take over stale requests when due, then read new ones; returns how many
@@ -171,7 +180,21 @@ class CreateConsumer:
         return len(live)
 
     async def handle(self, request_id: str, fields: dict[bytes, bytes]) -> None:
-        """Handle one request (idempotent); Redis errors propagate, the request stays pending."""
+        """Handle one request (idempotent); Redis errors propagate, the request stays pending.
+        Any other failure is logged and answered (``internal_error`` on the rejected stream),
+        so one bad request cannot come back forever."""
+        try:
+            await self._handle(request_id, fields)
+        except REDIS_ERRORS:
+            raise
+        except Exception as exc:
+            log.exception("create request %s could not be handled", request_id)
+            rejected = RequestRejected(
+                "internal_error", RuntimeFailure(f"the worker failed on this request: {exc!r}")
+            )
+            await publish_rejection(self.redis, self.keys, request_id, fields.get(b"sid"), rejected)
+
+    async def _handle(self, request_id: str, fields: dict[bytes, bytes]) -> None:
         try:
             request = decode_create_request(fields)
             self._check_runnable(request_id, request)

@@ -306,3 +306,26 @@ async def test_a_disconnect_sent_before_any_worker_ends_the_session_at_its_start
     assert refs == [request_id, bye_id]
     assert any(f.get("e") == b"closed" for _, f in entries)
     assert await redis.hget(session.state, "status") == b"closed"
+
+
+async def test_a_request_the_worker_fails_on_is_answered_once_not_retried_forever(
+    start_worker: Any, make_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.creation
+
+    def broken(_fields: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(worker.creation, "decode_create_request", broken)
+    await start_worker()
+    redis = make_redis()
+    request_id = await redis.xadd(KEYS.create, create_fields("buggy-1"))
+    (_, fields), *_ = await polled(lambda: redis.xrange(KEYS.create_rejected))
+    assert (fields[b"req"], fields[b"code"]) == (request_id, b"internal_error")
+    assert b"a bug" in fields[b"message"]
+
+    async def acknowledged() -> bool:
+        pending = await redis.xpending(KEYS.create, CREATE_GROUP)
+        return pending["pending"] == 0 and await redis.xlen(KEYS.create) == 0
+
+    await polled(acknowledged)

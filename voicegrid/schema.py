@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from protocol import RealtimeCapabilities, RealtimeSessionConfig, RealtimeSessionConfigUpdate
 from protocol.events import EVENT_MODELS
-from protocol.streams import (
-    DisconnectCommand,
-    PingCommand,
-    RequestResponseCommand,
-    ToolResponseCommand,
-    UpdateConfigCommand,
-)
+from protocol.streams import Command
 from providers.simulator.scenario import SimScenario
 
 __all__ = ["DEFAULT_DIR", "AckError", "check", "render", "run", "schemas", "write"]
@@ -43,13 +38,8 @@ __all__ = ["DEFAULT_DIR", "AckError", "check", "render", "run", "schemas", "writ
 #: Where the schemas live, relative to the repository root.
 DEFAULT_DIR = Path("docs") / "schema"
 _DIALECT = "https://json-schema.org/draft/2020-12/schema"
-_COMMANDS: tuple[type[BaseModel], ...] = (
-    ToolResponseCommand,
-    UpdateConfigCommand,
-    RequestResponseCommand,
-    PingCommand,
-    DisconnectCommand,
-)
+#: every command model: the members of the ``Command`` union (``Annotated[A | B | ..., ...]``)
+_COMMANDS: tuple[type[BaseModel], ...] = typing.get_args(typing.get_args(Command)[0])
 
 
 class AckError(BaseModel):

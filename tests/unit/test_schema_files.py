@@ -73,3 +73,12 @@ def test_the_schemas_accept_what_the_code_writes_and_refuse_what_it_refuses() ->
     assert not valid("session-config.json", {"instrutions": "typo"})
     assert not valid("commands/tool_response.json", {"responses": []})
     assert not valid("events/closed.json", {"reason": "x"})  # the worker writes every field
+
+
+def test_every_command_and_every_json_event_has_a_schema() -> None:
+    from protocol.events import EVENT_MODELS
+    from protocol.streams import _COMMAND_TYPES  # the decoder's own list
+
+    names = set(schemas())
+    assert {f"commands/{c}.json" for c in _COMMAND_TYPES} <= names
+    assert {f"events/{e}.json" for e in EVENT_MODELS if e != "audio"} <= names

@@ -16,6 +16,7 @@ __all__ = [
     "ADMISSION_PAUSES",
     "AUDIO_FRAMES_DROPPED",
     "AUDIO_SECONDS",
+    "CREATE_REQUESTS",
     "EVENT_LOOP_LAG",
     "EVENT_LOOP_LAG_BUDGET",
     "FIRST_AUDIO_LATENCY",
@@ -173,6 +174,14 @@ PROVIDER_ERRORS = Counter(
     "voicegrid_provider_errors",
     "Provider error events by provider, code and whether they were recoverable.",
     ["provider", "code", "recoverable"],
+    registry=REGISTRY,
+)
+CREATE_REQUESTS = Counter(
+    "voicegrid_create_requests",
+    "Session create requests a worker handled (<ns>:create), by outcome: created, rejected "
+    "(answered with an error and closed), taken (the id was in use), failed (the worker failed "
+    "on it and answered internal_error).",
+    ["outcome"],
     registry=REGISTRY,
 )
 MALFORMED_ENTRIES = Counter(

@@ -64,6 +64,7 @@ from providers import registered_providers
 from redisio.connection import REDIS_ERRORS, RedisHealth
 from redisio.creation import claim_session, publish_rejection
 from redisio.jobs import enqueue_session
+from redisio.metrics import CREATE_REQUESTS
 
 __all__ = ["CLAIM_IDLE_S", "FIRST_LEASE_WAIT_S", "CreateConsumer", "close_unreadable"]
 
@@ -189,6 +190,7 @@ class CreateConsumer:
             raise
         except Exception as exc:
             log.exception("create request %s could not be handled", request_id)
+            CREATE_REQUESTS.labels("failed").inc()
             rejected = RequestRejected(
                 "internal_error", RuntimeFailure(f"the worker failed on this request: {exc!r}")
             )
@@ -203,6 +205,7 @@ class CreateConsumer:
                 "create request %s rejected (%s): %s", request_id, rejected.code, rejected.error
             )
             await self._reject(request_id, fields.get(b"sid"), rejected)
+            CREATE_REQUESTS.labels("rejected").inc()
             return
         record = SessionRecord(
             provider=request.provider,
@@ -218,12 +221,14 @@ class CreateConsumer:
         )
         if outcome == "taken":
             await self._taken(request_id, request.session_id)
+            CREATE_REQUESTS.labels("taken").inc()
             return
         if status == "closed":
             return  # given up by its producer (or handled and ended already)
         deadline = int((time.time() + FIRST_LEASE_WAIT_S) * 1000)
         await self.redis.zadd(self.keys.live, {request.session_id: deadline})
         await enqueue_session(self.redis, self.keys, request.session_id, 1)
+        CREATE_REQUESTS.labels("created").inc()
         log.info(
             "session %s created by request %s (%s %s)",
             request.session_id,

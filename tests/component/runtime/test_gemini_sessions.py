@@ -58,9 +58,18 @@ def utterance(first: int) -> list[bytes]:
     return [frame(first + i, speech=i < 20) for i in range(45)]
 
 
-def frames_at(conn: Any) -> list[int]:
-    """Sequence numbers of the caller frames one simulator connection received, in order."""
-    audio = conn.audio_in
+async def speak(client: Any, first: int) -> None:
+    """:func:`utterance` in real time, 20 ms per frame, as a caller speaks. A Gemini Developer
+    API handle that arrives within ``resume_margin_s`` of a frame may or may not include it, so
+    a resume re-sends such frames: an utterance sent all at once just before a handle would
+    reach a resumed session twice."""
+    for data in utterance(first):
+        client.send_audio(data)
+        await asyncio.sleep(0.02)
+
+
+def seqs_in(audio: bytes) -> list[int]:
+    """Sequence numbers of the caller frames in ``audio``, in order."""
     seqs = []
     for offset in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
         marker, seq = struct.unpack_from("<hh", audio, offset)
@@ -69,8 +78,18 @@ def frames_at(conn: Any) -> list[int]:
     return seqs
 
 
+def frames_at(conn: Any) -> list[int]:
+    """Sequence numbers of the caller frames one simulator connection received, in order."""
+    return seqs_in(conn.audio_in)
+
+
 def all_frames(sim: GeminiSimulator) -> list[int]:
     return [seq for conn in sim.connections for seq in frames_at(conn)]
+
+
+def frames_in_state(sim: GeminiSimulator) -> list[int]:
+    """Sequence numbers of the caller frames the (only) session's current state holds."""
+    return seqs_in(sim.consumed_audio())
 
 
 def assert_taken_over_without_loss(before: list[int], after: list[int], later: range) -> None:
@@ -221,13 +240,12 @@ async def test_a_takeover_resumes_with_the_saved_handle(
     client = gemini_client()
     events = recorder(client)
     await client.connect(CONFIG)
-    for data in utterance(0):
-        client.send_audio(data)
+    await speak(client, 0)
     await events.wait_for(lambda: events.of("response-done"))
     first = sim.connections[0]
     await sim.wait_for(lambda s: len(resumable_handles(first)) >= 2, timeout=5)
     last_handle = resumable_handles(first)[-1]  # issued after the turn
-    await until_saved(make_redis(), client.session_id, lambda s: s == {"handle": last_handle})
+    await until_saved(make_redis(), client.session_id, lambda s: s.get("handle") == last_handle)
 
     await crash_with_provider_sockets(owner)
     await sim.wait_for(lambda s: s.connections[0].closed, timeout=5)
@@ -307,8 +325,7 @@ async def test_a_go_away_is_handled_inside_the_worker(
     client = gemini_client()
     events = recorder(client)
     await client.connect(CONFIG)
-    for data in utterance(0):
-        client.send_audio(data)
+    await speak(client, 0)
     await events.wait_for(lambda: events.of("response-done"))
     await sim.wait_for(lambda s: len(resumable_handles(s.connections[0])) >= 2, timeout=5)
 
@@ -332,7 +349,7 @@ async def test_a_go_away_is_handled_inside_the_worker(
     )
     stop.set()
     await playing
-    await sim.wait_for(lambda s: set(all_frames(s)) >= set(range(sent)), timeout=5)
+    await sim.wait_for(lambda s: set(frames_in_state(s)) >= set(range(sent)), timeout=5)
 
     assert [e.strategy for e in events.of("reconnected")] == ["resumed"]
     assert len(events.of("reconnecting")) == 1
@@ -341,7 +358,16 @@ async def test_a_go_away_is_handled_inside_the_worker(
     first, second = sim.connections
     assert setup_of(second)["sessionResumption"]["handle"] == resumable_handles(first)[-1]
     assert first.session.closed_at <= second.session.setup_at  # old socket closed first
-    assert all_frames(sim) == list(range(sent))  # exactly once, in order, across both sockets
+    # the resumed session holds every frame, in order; what the old socket took after the
+    # handle was sent again, and a frame sent just before the handle arrived may be twice in it
+    # (the Developer API says nothing about messages in flight at its snapshot)
+    state = frames_in_state(sim)
+    assert sorted(set(state)) == list(range(sent))
+    assert len(state) - sent <= 15
+    resent = frames_at(second)[
+        : len(frames_at(second)) - len(range(frames_at(first)[-1] + 1, sent))
+    ]
+    assert resent and resent == frames_at(first)[len(frames_at(first)) - len(resent) :]
     assert client.session_id in worker.runtime.sessions  # no takeover: the worker switched
     await client.disconnect()
 
@@ -497,12 +523,19 @@ async def test_a_reply_cut_by_a_crash_is_closed_as_failed_after_the_takeover(
     assert closing[0] == "response-done"
     assert (closing[1].response_id, closing[1].status) == (cut, "failed")
     # the field no longer marks the cut turn: it is empty, or names a turn the resumed session
-    # started since (its audio may already be here)
-    later = [
-        p.response_id for n, p in events.events[names.index("reconnected") + 2 :] if n == "audio"
-    ]
+    # started since (response ids restart with each owner's client, so it may read the same)
     saved = (await redis.hget(keys.state, "open_resp")).decode()
-    assert saved == "" or saved in later
+    if saved:  # the resumed session answers the utterance its state lacked, sent again
+        await events.wait_for(
+            lambda: (
+                saved
+                in [
+                    p.response_id
+                    for n, p in events.events[names.index("reconnected") + 2 :]
+                    if n == "audio"
+                ]
+            )
+        )
     for data in utterance(100):  # the session goes on; the next turn completes normally
         client.send_audio(data)
     await events.wait_for(
@@ -549,3 +582,4 @@ async def test_a_call_pending_when_the_handle_is_refused_is_cancelled_after_the_
     assert len(events.of("tool-call-cancelled")) == 1
     assert not events.of("closed")
     await client.disconnect()
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +73,24 @@ def tone(ms: int, rate: int, amplitude: int = 6000) -> bytes:
 
 def silence(ms: int, rate: int) -> bytes:
     return bytes(2 * (rate * ms // 1000))
+
+
+#: Sample 0 of a numbered caller frame (small: a silent numbered frame stays below any VAD).
+MAGIC = 77
+
+
+def numbered(seq: int, body: bytes) -> bytes:
+    """A caller frame that carries its sequence number: ``MAGIC``, ``seq``, then ``body``
+    (PCM16 of the frame's length minus 4 bytes)."""
+    return struct.pack("<hh", MAGIC, seq) + body
+
+
+def numbers_in(audio: bytes, frame_bytes: int) -> list[int]:
+    """The sequence numbers of the :func:`numbered` frames in ``audio``, in order (what one
+    provider connection got, or what a simulated session's state holds)."""
+    found = []
+    for offset in range(0, len(audio) - frame_bytes + 1, frame_bytes):
+        marker, seq = struct.unpack_from("<hh", audio, offset)
+        if marker == MAGIC:
+            found.append(seq)
+    return found

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,31 +25,25 @@ from providers.gemini import GeminiLiveClient
 from providers.simulator import SimScript
 from providers.simulator.gemini import GeminiSimulator
 
-from ..events import Recorder
+from ..events import Recorder, numbered, numbers_in
 from .conftest import MODEL, limit
 
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16: forwarded byte for byte
-MAGIC = 77
 _SAMPLES = FRAME_BYTES // 2 - 2
 _TONE = (6000 * np.sin(2 * np.pi * 220 * np.arange(_SAMPLES) / 16000)).astype("<i2").tobytes()
+_SILENCE = b"\x00\x00" * _SAMPLES
 CONFIG = RealtimeSessionConfig(
     input_audio=AudioFormat(sample_rate=16000), output_audio=AudioFormat(sample_rate=24000)
 )
 
 
-def numbered(seq: int) -> bytes:
+def frame(seq: int) -> bytes:
     """Frame ``seq`` of a caller who speaks 0.6 s, then listens 0.6 s, and so on."""
-    speech = seq % 60 < 30
-    return struct.pack("<hh", MAGIC, seq) + (_TONE if speech else b"\x00\x00" * _SAMPLES)
+    return numbered(seq, _TONE if seq % 60 < 30 else _SILENCE)
 
 
 def seqs(audio: bytes) -> list[int]:
-    found = []
-    for offset in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
-        marker, seq = struct.unpack_from("<hh", audio, offset)
-        if marker == MAGIC:
-            found.append(seq)
-    return found
+    return numbers_in(audio, FRAME_BYTES)
 
 
 class Caller:
@@ -66,7 +59,7 @@ class Caller:
         loop = asyncio.get_running_loop()
         start = loop.time()
         while True:
-            self.client.send_audio(numbered(self.sent))
+            self.client.send_audio(frame(self.sent))
             self.sent += 1
             self._progress.set()
             await asyncio.sleep(max(0.0, start + self.sent * 0.02 - loop.time()))
@@ -202,7 +195,7 @@ async def test_vertex_mode_asks_for_transparent_resumption(sim: GeminiSimulator)
     client = GeminiLiveClient(model=MODEL, url=sim.vertex_url)
     await client.connect(CONFIG)
     for seq in range(5):
-        client.send_audio(numbered(seq))
+        client.send_audio(frame(seq))
     await sim.wait_for(lambda s: len(seqs(s.connections[0].audio_in)) == 5, timeout=limit(5))
     await client.disconnect()
     (conn,) = sim.connections

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -29,6 +28,8 @@ from protocol.keys import Keys
 from providers.simulator import GeminiSimulator, SimScript, ToolCallScript
 from redisio.metrics import REGISTRY
 
+from ..events import numbered, numbers_in
+
 MODEL = "gemini-2.5-flash-native-audio-preview-12-2025"
 KEYS = Keys("vgtest")
 WEATHER = ToolDefinition(
@@ -43,14 +44,13 @@ CONFIG = RealtimeSessionConfig(
     output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
 )
 FRAME_BYTES = 640  # 20 ms of 16 kHz PCM16
-MAGIC = 77  # sample 0 of every caller frame; sample 1 is its sequence number
 _SAMPLES = FRAME_BYTES // 2 - 2
 _TONE = (6000 * np.sin(2 * np.pi * 220 * np.arange(_SAMPLES) / 16000)).astype("<i2").tobytes()
 
 
 def frame(seq: int, *, speech: bool = False) -> bytes:
     """A numbered caller frame: loud enough for the simulator's VAD, or silence."""
-    return struct.pack("<hh", MAGIC, seq) + (_TONE if speech else b"\x00\x00" * _SAMPLES)
+    return numbered(seq, _TONE if speech else b"\x00\x00" * _SAMPLES)
 
 
 def utterance(first: int) -> list[bytes]:
@@ -69,19 +69,9 @@ async def speak(client: Any, first: int) -> None:
         await asyncio.sleep(0.02)
 
 
-def seqs_in(audio: bytes) -> list[int]:
-    """Sequence numbers of the caller frames in ``audio``, in order."""
-    seqs = []
-    for offset in range(0, len(audio) - FRAME_BYTES + 1, FRAME_BYTES):
-        marker, seq = struct.unpack_from("<hh", audio, offset)
-        if marker == MAGIC:
-            seqs.append(seq)
-    return seqs
-
-
 def frames_at(conn: Any) -> list[int]:
     """Sequence numbers of the caller frames one simulator connection received, in order."""
-    return seqs_in(conn.audio_in)
+    return numbers_in(conn.audio_in, FRAME_BYTES)
 
 
 def all_frames(sim: GeminiSimulator) -> list[int]:
@@ -90,7 +80,7 @@ def all_frames(sim: GeminiSimulator) -> list[int]:
 
 def frames_in_state(sim: GeminiSimulator) -> list[int]:
     """Sequence numbers of the caller frames the (only) session's current state holds."""
-    return seqs_in(sim.consumed_audio())
+    return numbers_in(sim.consumed_audio(), FRAME_BYTES)
 
 
 def assert_taken_over_without_loss(before: list[int], after: list[int], later: range) -> None:

@@ -77,7 +77,7 @@ async def into_next_utterance(call: Any, frames: int) -> None:
         await asyncio.sleep(0.005)
 
 
-async def start_gemini_call(
+async def mid_utterance_call(
     sim: GeminiSimulator,
     workers: Any,
     make_client: Any,
@@ -85,8 +85,10 @@ async def start_gemini_call(
     redis_url: str,
     ns: str,
     mode: str,
-) -> tuple[Any, Any, Timeline, Any, list[Any]]:
-    return await start_call(
+) -> tuple[Any, Any, Timeline, Any, list[Any], str]:
+    """A call whose caller is half a second into an utterance begun after the latest handle,
+    which the owner saved: ``(client, owner, timeline, call, pair, handle)``."""
+    client, owner, timeline, call, pair = await start_call(
         sim,
         workers,
         make_client,
@@ -98,19 +100,25 @@ async def start_gemini_call(
         frame_bytes=GEMINI_FRAME_BYTES,
         VOICEGRID_GEMINI_URL=sim.vertex_url if mode == "vertex" else sim.url,
     )
+    await latest_handle_saved(sim, redis_url, ns, client.session_id)
+    await into_next_utterance(call, SPEECH // 2)
+    handle = await latest_handle_saved(sim, redis_url, ns, client.session_id)
+    return client, owner, timeline, call, pair, handle
 
 
-async def in_state(sim: GeminiSimulator, sent: int) -> list[int]:
-    """Once the resumed session holds frame ``sent - 1``: the frames it holds, in order."""
+async def check_resumed_state(sim: GeminiSimulator, sent: int, mode: str) -> tuple[int, int, int]:
+    """Once the resumed session holds frame ``sent - 1``, check that it holds every frame:
+    exactly once on Vertex AI; at least once on the Developer API, a frame there twice only
+    from a short run sent again (one step back). Returns how many frames the old connection got
+    that the new one got again, how many are lost and how many are there twice."""
     await sim.wait_for(
         lambda s: sent - 1 in frames_seen(s.consumed_audio(), GEMINI_FRAME_BYTES), timeout=10
     )
-    return frames_seen(sim.consumed_audio(), GEMINI_FRAME_BYTES)
-
-
-def check_state(state: list[int], sent: int, mode: str) -> tuple[int, int]:
-    """Every frame in the resumed state: exactly once on Vertex AI; at least once on the
-    Developer API, a frame there twice only from a short run sent again (one step back)."""
+    state = frames_seen(sim.consumed_audio(), GEMINI_FRAME_BYTES)
+    first, second = sim.connections
+    before = frames_seen(first.audio_in, GEMINI_FRAME_BYTES)
+    assert before == list(range(len(before)))  # in order up to the switch
+    resent = len(before) - frames_seen(second.audio_in, GEMINI_FRAME_BYTES)[0]
     counts = Counter(state)
     lost = sum(1 for seq in range(sent) if seq not in counts)
     duplicated = sum(n - 1 for n in counts.values())
@@ -121,7 +129,7 @@ def check_state(state: list[int], sent: int, mode: str) -> tuple[int, int]:
     else:
         steps_back = [i for i in range(1, len(state)) if state[i] <= state[i - 1]]
         assert len(steps_back) <= 1 and duplicated <= 15
-    return lost, duplicated
+    return resent, lost, duplicated
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -134,33 +142,24 @@ async def test_sigkill_of_the_owner_mid_utterance_resumes_with_every_frame(
     mode: str,
 ) -> None:
     async with GeminiSimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        client, owner, timeline, call, pair = await start_gemini_call(
+        client, owner, timeline, call, pair, handle = await mid_utterance_call(
             sim, workers, make_client, caller, redis_url, namespace, mode
         )
-        await latest_handle_saved(sim, redis_url, namespace, client.session_id)
-        await into_next_utterance(call, SPEECH // 2)  # mid-utterance; no handle since it began
-        handle = await latest_handle_saved(sim, redis_url, namespace, client.session_id)
         killed_at = time.monotonic()
         owner.signal(signal.SIGKILL)  # the caller goes on talking
         reconnected_at, event = await timeline.wait("reconnected", after=killed_at, within=15)
         assert (event.reason, event.strategy) == ("takeover", "resumed")
         resumed_at, _ = await timeline.wait("audio", after=reconnected_at, within=15)
         await call.stop()
-        state = await in_state(sim, call.sent)
+        # resent: frames the dead owner's connection got that the survivor sent again (without
+        # the re-read, those after the handle's snapshot were lost)
+        resent, lost, duplicated = await check_resumed_state(sim, call.sent, mode)
 
         first, second = sim.connections
         assert second.received[0]["setup"]["sessionResumption"].get("handle") == handle
-        assert (
-            second.sent[0]["setupComplete"]["sessionId"]
-            == (first.sent[0]["setupComplete"]["sessionId"])
-        )
+        session_id = first.sent[0]["setupComplete"]["sessionId"]
+        assert second.sent[0]["setupComplete"]["sessionId"] == session_id
         assert first.close_code == 1006  # the kernel closed the dead owner's socket
-        before = frames_seen(first.audio_in, GEMINI_FRAME_BYTES)
-        assert before == list(range(len(before)))  # in order up to the crash
-        # frames the dead owner's connection got that the survivor sent again (without the
-        # re-read, those after the handle's snapshot were lost)
-        resent = len(before) - frames_seen(second.audio_in, GEMINI_FRAME_BYTES)[0]
-        lost, duplicated = check_state(state, call.sent, mode)
         assert not timeline.first("closed")
         survivor = next(w for w in pair if w is not owner)
         assert await survivor.metric("voicegrid_takeovers_total", reason="lease_expired") == 1
@@ -189,11 +188,9 @@ async def test_sigterm_mid_utterance_hands_the_gemini_session_over_with_every_fr
     mode: str,
 ) -> None:
     async with GeminiSimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        client, owner, timeline, call, _ = await start_gemini_call(
+        client, owner, timeline, call, _, _ = await mid_utterance_call(
             sim, workers, make_client, caller, redis_url, namespace, mode
         )
-        await latest_handle_saved(sim, redis_url, namespace, client.session_id)
-        await into_next_utterance(call, SPEECH // 2)
         termed_at = time.monotonic()
         owner.signal(signal.SIGTERM)
         reconnected_at, event = await timeline.wait("reconnected", after=termed_at, within=10)
@@ -201,16 +198,13 @@ async def test_sigterm_mid_utterance_hands_the_gemini_session_over_with_every_fr
         assert await owner.wait_exit() == 0
         await timeline.wait("audio", after=reconnected_at, within=15)
         await call.stop()
-        state = await in_state(sim, call.sent)
+        resent, lost, duplicated = await check_resumed_state(sim, call.sent, mode)
 
         first, second = sim.connections
         # the hand-off exported the newest handle after the old socket stopped taking input
         resumed_with = second.received[0]["setup"]["sessionResumption"]
         assert resumed_with.get("handle") == resumable_handles(first)[-1]
         assert first.close_code == 1000
-        before = frames_seen(first.audio_in, GEMINI_FRAME_BYTES)
-        resent = len(before) - frames_seen(second.audio_in, GEMINI_FRAME_BYTES)[0]
-        lost, duplicated = check_state(state, call.sent, mode)
         assert not timeline.first("closed")
         print(
             f"\nGemini SIGTERM hand-off ({mode}): reconnected (resumed) "

@@ -35,6 +35,7 @@ __all__ = [
     "RECONNECTS",
     "REDIS_COMMAND_LATENCY",
     "REGISTRY",
+    "RESUME_BUFFER_DROPS",
     "RESUMPTIONS",
     "SESSIONS_ACTIVE",
     "SESSIONS_CAPACITY",
@@ -156,6 +157,14 @@ RESUMPTIONS = Counter(
     "voicegrid_resumptions",
     "How session state survived a reconnect or takeover: strategy=resumed|replayed.",
     ["provider", "strategy"],
+    registry=REGISTRY,
+)
+RESUME_BUFFER_DROPS = Counter(
+    "voicegrid_resume_buffer_dropped_messages",
+    "Client messages a provider client's resumption buffer dropped at its time or size bound "
+    "before a resumable state was known to include them (a resume inside the worker cannot "
+    "send them again; a takeover re-reads them from the input stream).",
+    ["provider"],
     registry=REGISTRY,
 )
 TAKEOVERS = Counter(

@@ -15,6 +15,13 @@ handed to the client may still sit in its send buffer or socket when the process
 a crash the new owner re-sends at most that much audio rather than lose any. Commands are never
 applied twice: ``cmd_cursor`` is saved with the first write after a command. On a graceful
 hand-off the exact ``last_id`` is saved after the provider connection closed cleanly.
+
+Provider-side resumption restores an older state (a Gemini handle: the session as of the moment
+it was issued), so the frames handed after that moment are missing from a resumed session, even
+those before ``cursor``. A client that can resume exports how many of its frames the state
+includes (``input_frames``); :class:`InputPositions` maps that to the entry id of the last of
+them, saved in ``pstate`` as ``input_after``, and a new owner that resumed reads after that entry
+instead of ``cursor`` (commands before ``cmd_cursor`` are still skipped).
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ from redisio.metrics import (
     MALFORMED_ENTRIES,
     PROVIDER_ERRORS,
     RECONNECTS,
+    RESUME_BUFFER_DROPS,
     RESUMPTIONS,
     TOOL_CALL_ROUNDTRIP,
 )
@@ -106,6 +114,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "CURSOR_LAG_S",
     "TRANSITIONS",
+    "InputPositions",
     "Phase",
     "SessionRunner",
     "StartKind",
@@ -122,6 +131,9 @@ CONNECT_TIMEOUT_S = 15.0
 TAKEOVER_CONNECT_ATTEMPTS = 3
 #: Seconds for a graceful provider disconnect during close, hand-off or fencing.
 DISCONNECT_TIMEOUT_S = 5.0
+#: Caller frames an :class:`InputPositions` remembers: 20 s of 20 ms frames, twice what the input
+#: stream keeps (a resumption point further back can only be re-read from the stream's start).
+MAX_POSITIONS = 1000
 
 # labelled series of the per-frame metrics, resolved once: ``labels()`` on every frame costs a
 # lock and a lookup, about 1.4 µs per call (bench/README.md). The counters are also added to once
@@ -143,6 +155,36 @@ def reconnect_reason(event: ConnectionEvent) -> str:
         if needle in text:
             return label
     return "drop"
+
+
+class InputPositions:
+    """The input entries whose audio a provider client took, in order, by their count.
+
+    A client that resumes provider-side exports how many of the frames its ``send_audio`` took
+    its resumable state includes (``input_frames``, see ``GeminiLiveClient.export_state``);
+    :meth:`entry` turns that count into the entry id of the last of them (``start``, where this
+    owner began reading, for 0): a new owner reads after it, so what the state lacks is sent
+    again. Counts only ever grow, so the ids before a mapped one are forgotten.
+    """
+
+    def __init__(self, start: str) -> None:
+        self._base = start  # the entry of frame number `_base_count` (0: none yet)
+        self._base_count = 0
+        self._ids: deque[str] = deque()
+
+    def fed(self, entry_id: str) -> None:
+        """The client took the audio of ``entry_id`` (its next frame)."""
+        if len(self._ids) >= MAX_POSITIONS:
+            self._base = self._ids.popleft()
+            self._base_count += 1
+        self._ids.append(entry_id)
+
+    def entry(self, count: int) -> str:
+        """The entry id of frame number ``count`` (or the oldest one still known)."""
+        while self._base_count < count and self._ids:
+            self._base = self._ids.popleft()
+            self._base_count += 1
+        return self._base
 
 
 class Phase(enum.Enum):
@@ -214,6 +256,9 @@ class SessionRunner:
         self._final: tuple[WriteMode, float] | None = None
         self._pstate = orjson.dumps(record.provider_state)
         self._pstate_version = -1  # the client's state_version when pstate was last exported
+        # input entries by the client's frame count, when the client resumes provider-side
+        self._positions: InputPositions | None = None
+        self._resume_drops = 0  # the client's resumption-buffer drops already counted
         # per-frame counters not yet added to the Prometheus series (see _flush_out_metrics)
         self._out_frames = 0
         self._out_seconds = 0.0
@@ -313,6 +358,10 @@ class SessionRunner:
             RESUMPTIONS.labels(self.provider, self.strategy or "replayed").inc()
         self._record_updates[StateField.HANDOFF] = b"0"
         self.runtime.writer.mark(self)
+        if self.strategy == "resumed":
+            self._read_after_resumption_point()
+        if client.capabilities.session_resumption:
+            self._positions = InputPositions(self.last_id)
         await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
         if self._handoff_requested:
             await self.hand_off()
@@ -334,6 +383,29 @@ class SessionRunner:
         if strategy is None:
             return replay_config(self.config, self.conversation)
         return self.config
+
+    def _read_after_resumption_point(self) -> None:
+        """A provider-side resume restored the state saved with ``pstate``: read the input
+        after its last entry (``input_after``), not after ``cursor``. Entries between the two
+        reached the previous owner's provider connection after that state was taken, so the
+        resumed session lacks them; entries after ``cursor`` that the state holds are not sent
+        twice. Commands keep their own cursor and are never applied again."""
+        after = self.record.provider_state.get("input_after")
+        if not isinstance(after, str):
+            return
+        try:
+            key = entry_id_key(after)
+        except StreamEntryError:
+            log.warning("session %s: ignoring the invalid input_after %r", self.session_id, after)
+            return
+        log.info(
+            "session %s: resumed; re-reading the input after %s (cursor %s)",
+            self.session_id,
+            after,
+            self.last_id,
+        )
+        self.last_id = after
+        self._last_key = key
 
     async def _fail(self, exc: BaseException) -> None:
         """The provider connection could not be made: report it and close the session."""
@@ -360,6 +432,7 @@ class SessionRunner:
     async def _finish(self, mode: WriteMode) -> None:
         """Write the last record fields (``mode`` releases or closes) and end the job."""
         self.runtime.reader.remove(self.keys.input)
+        self._count_resume_drops()
         fields = self._checkpoint_fields(exact=True)
         if mode == "close":
             fields[StateField.STATUS] = b"closed"
@@ -502,6 +575,8 @@ class SessionRunner:
                 ),
             )
             return None
+        if self._positions is not None:
+            self._positions.fed(entry_id)
         INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
         return len(entry.data) / self.config.input_audio.bytes_per_second
 
@@ -727,7 +802,16 @@ class SessionRunner:
         """Record fields to save with the next lease renewal (the provider's exported state)."""
         if self.phase is not Phase.LIVE:
             return {}
+        self._count_resume_drops()
         return self._save_provider_state(queue=False)
+
+    def _count_resume_drops(self) -> None:
+        """Add what the client's resumption buffer dropped since the last look to the metric."""
+        stats = getattr(self.client, "resume_stats", None)
+        dropped = getattr(stats, "dropped_messages", 0)
+        if isinstance(dropped, int) and dropped > self._resume_drops:
+            RESUME_BUFFER_DROPS.labels(self.provider).inc(dropped - self._resume_drops)
+            self._resume_drops = dropped
 
     def _save_provider_state(self, *, queue: bool = True) -> dict[str, bytes]:
         if self.client is None:
@@ -737,7 +821,12 @@ class SessionRunner:
             return {}  # nothing the export depends on changed: no need to build it
         self._pstate_version = version
         try:
-            state = orjson.dumps(self.client.export_state())
+            exported = dict(self.client.export_state())
+            # a resumption point in the client's own frame count: saved as an input entry id
+            frames = exported.pop("input_frames", None)
+            if self._positions is not None and type(frames) is int:
+                exported["input_after"] = self._positions.entry(frames)
+            state = orjson.dumps(exported)
         except Exception:
             log.exception("session %s: export_state failed", self.session_id)
             return {}

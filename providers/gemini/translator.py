@@ -47,6 +47,7 @@ import base64
 import binascii
 import logging
 import re
+import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -244,6 +245,10 @@ class GeminiTranslator:
         self._call_seq = 0
         # the current model turn
         self._response_seq = 0
+        # Gemini has no response ids (and a call may come without one): ours are unique per
+        # translator, so a session continued by another client or worker never reuses an id
+        # an application already saw for another turn or call
+        self._id_prefix = secrets.token_hex(4)
         self._response_id: str | None = None
         self._interrupted = False
         self._usage: Usage | None = None
@@ -752,7 +757,7 @@ class GeminiTranslator:
             if not isinstance(call_id, str) or not call_id:
                 # Vertex AI may omit ids; the response must still carry one.
                 self._call_seq += 1
-                call_id = f"gemini-call-{self._call_seq}"
+                call_id = f"gemini-call-{self._id_prefix}-{self._call_seq}"
             args = call.get("args") or {}
             if not isinstance(args, dict):
                 raise ProviderProtocolError(
@@ -918,7 +923,7 @@ class GeminiTranslator:
     def _open_turn(self) -> None:
         if self._response_id is None:
             self._response_seq += 1
-            self._response_id = f"gemini-turn-{self._response_seq}"
+            self._response_id = f"gemini-turn-{self._id_prefix}-{self._response_seq}"
             self._interrupted = False
 
     def _finish_turn(self, status: Literal["completed", "cancelled", "incomplete"]) -> list[Output]:

@@ -518,6 +518,7 @@ async def test_a_reply_cut_by_a_crash_is_closed_as_failed_after_the_takeover(
     # the field no longer marks the cut turn: it is empty, or names a turn the resumed session
     # started since (whose audio reaches the caller right after)
     saved = (await redis.hget(keys.state, "open_resp")).decode()
+    assert saved != cut  # response ids are unique per client: the new turn has its own
     if saved:
         start = names.index("reconnected") + 2
         await events.wait_for(

@@ -31,7 +31,7 @@ client's :attr:`capabilities` are the active target's, changing only with a
 ``reconnected(strategy="failover")`` that carries them.
 
 The breaker: every target's health goes through a :class:`ProviderHealth` (in-process
-:class:`LocalHealth`; the workers share ``redisio.health.RedisHealth``). A target whose breaker
+:class:`LocalHealth`; the workers share ``redisio.health.ProviderBreaker``). A target whose breaker
 is open is skipped while another is left; a session on a fallback moves back to the primary only
 between turns (no model turn open, no call pending, the caller silent) once its breaker closed.
 """

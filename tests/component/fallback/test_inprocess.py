@@ -1,8 +1,7 @@
 """In-process provider failover (``providers.fallback.FallbackClient``) against both simulators.
 
-Caller audio is sequence-numbered: every 20 ms frame (24 kHz PCM16, which the OpenAI client
-passes through unchanged) carries its number in its first two samples, kept small so the
-simulators' energy VAD never hears them, so the frames an OpenAI simulator received can be
+Caller audio is sequence-numbered (``tests/support/frames.py``; 20 ms of 24 kHz PCM16, which the
+OpenAI client passes through unchanged), so the frames an OpenAI simulator received can be
 counted exactly.
 """
 
@@ -12,7 +11,6 @@ import asyncio
 import statistics
 from typing import Any
 
-import numpy as np
 import pytest
 
 from protocol import (
@@ -26,6 +24,7 @@ from providers.fallback import FailoverPolicy, FallbackClient, LocalHealth
 from providers.simulator import OpenAISimulator, SimScript, ToolCallScript
 from providers.simulator.gemini import GeminiSimulator
 
+from ...support.frames import frame_numbers, numbered_frame
 from ...support.recorder import Recorder
 from ...support.timing import scaled
 
@@ -39,22 +38,11 @@ WEATHER = ToolDefinition(
 
 
 def frame(seq: int, loud: bool) -> bytes:
-    t = np.arange(FRAME // 2) + seq * (FRAME // 2)
-    samples = (
-        (6000 * np.sin(2 * np.pi * 440 * t / 24000)).astype(np.int16)
-        if loud
-        else (np.zeros(FRAME // 2, dtype=np.int16))
-    )
-    samples[0], samples[1] = 100 + seq % 100, 100 + seq // 100
-    return samples.tobytes()
+    return numbered_frame(seq, FRAME, speech=loud)
 
 
 def seqs(audio: bytes) -> list[int]:
-    out = []
-    for start in range(0, len(audio) - FRAME + 1, FRAME):
-        s = np.frombuffer(audio[start : start + 4], dtype=np.int16)
-        out.append(int(s[0]) - 100 + 100 * (int(s[1]) - 100))
-    return out
+    return frame_numbers(audio, FRAME)
 
 
 class Caller:

@@ -7,6 +7,7 @@ from .audio import AudioConverter, StreamResampler
 from .client import AudioSendBuffer, EventEmitter, RealtimeAudioClient, SessionState
 from .config import (
     AudioFormat,
+    ProviderTarget,
     RealtimeCapabilities,
     RealtimeSessionConfig,
     RealtimeSessionConfigUpdate,
@@ -72,6 +73,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "ProviderProtocolError",
+    "ProviderTarget",
     "RealtimeAudioClient",
     "RealtimeCapabilities",
     "RealtimeSessionConfig",

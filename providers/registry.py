@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from protocol import ConfigError, RealtimeAudioClient
+from protocol import ConfigError, ProviderTarget, RealtimeAudioClient
 
-__all__ = ["create_client", "register_provider", "registered_providers"]
+__all__ = ["build_target", "create_client", "register_provider", "registered_providers"]
 
 Factory = Callable[..., RealtimeAudioClient]
 
@@ -49,7 +49,51 @@ def create_client(
     model: str,
     api_key: str | None = None,
     url: str | None = None,
+    fallbacks: Sequence[ProviderTarget | Mapping[str, Any]] | None = None,
+    fallback_credentials: Mapping[str, Mapping[str, str | None]] | None = None,
+    failover_policy: Any = None,
+    provider_health: Any = None,
     **options: Any,
 ) -> RealtimeAudioClient:
-    """Build a ready, unconnected client for ``provider``."""
-    return _factory(provider)(model=model, api_key=api_key, url=url, **options)
+    """Build a ready, unconnected client for ``provider``.
+
+    With ``fallbacks`` (a list, possibly empty: then ``config.fallbacks`` at connect) the result
+    is a :class:`providers.fallback.FallbackClient` that moves the session to the next target
+    when this provider is down. ``fallback_credentials`` maps a provider name to its
+    ``{"api_key": ..., "url": ...}`` (``None``/missing: the provider's environment variable and
+    default endpoint); targets never carry credentials.
+    """
+    if fallbacks is None:
+        return _factory(provider)(model=model, api_key=api_key, url=url, **options)
+    from .fallback import FallbackClient, fallback_targets
+
+    _factory(provider)  # an unknown primary fails now
+    targets = fallback_targets(provider, model, options, fallbacks)
+    for target in targets[1:]:
+        _factory(target.provider)  # and so does an unknown fallback provider
+    credentials = {name: dict(value) for name, value in (fallback_credentials or {}).items()}
+    primary = targets[0]
+
+    def factory(target: ProviderTarget) -> RealtimeAudioClient:
+        if target is primary:
+            return build_target(target, {"api_key": api_key, "url": url})
+        return build_target(target, credentials.get(target.provider, {}))
+
+    return FallbackClient(
+        targets,
+        factory,
+        policy=failover_policy,
+        health=provider_health,
+    )
+
+
+def build_target(
+    target: ProviderTarget, credentials: Mapping[str, str | None]
+) -> RealtimeAudioClient:
+    """An unconnected client for one provider target with the process's ``credentials``."""
+    return _factory(target.provider)(
+        model=target.model,
+        api_key=credentials.get("api_key"),
+        url=credentials.get("url"),
+        **target.options,
+    )

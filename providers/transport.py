@@ -593,6 +593,12 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
     def _emit_error(self, code: str, message: str, *, recoverable: bool = True) -> None:
         self.emit("error", ErrorEvent(code=code, message=message, recoverable=recoverable))
 
+    @property
+    def final_error(self) -> ProviderError | None:
+        """The fatal error that ended the session (``None`` while it lives or after a clean
+        close); ``providers.fallback`` reads it to decide whether to switch providers."""
+        return self._final_error
+
     def _fail(self, error: ProviderError) -> None:
         """End a live session on a fatal error: ``error`` (recoverable False), then ``closed``."""
         if self._in_handshake:

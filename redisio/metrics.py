@@ -31,6 +31,8 @@ __all__ = [
     "MALFORMED_ENTRIES",
     "METRIC_NAMES",
     "PROVIDER_ERRORS",
+    "PROVIDER_FAILOVERS",
+    "PROVIDER_HEALTH",
     "PROVIDER_TO_OUTPUT_LATENCY",
     "RECONNECTS",
     "REDIS_COMMAND_LATENCY",
@@ -151,6 +153,20 @@ RECONNECTS = Counter(
     "voicegrid_reconnects",
     "Provider reconnects by reason (drop, goaway, recycle, config).",
     ["provider", "reason"],
+    registry=REGISTRY,
+)
+PROVIDER_FAILOVERS = Counter(
+    "voicegrid_provider_failovers",
+    "Sessions moved to another provider target, by pair and reason "
+    "(unreachable, rate_limit, server_error, auth, recovered).",
+    ["from_provider", "to_provider", "reason"],
+    registry=REGISTRY,
+)
+PROVIDER_HEALTH = Gauge(
+    "voicegrid_provider_health_state",
+    "A provider target's circuit breaker as this worker last saw it: 0 closed, 1 half-open, "
+    "2 open.",
+    ["target"],
     registry=REGISTRY,
 )
 RESUMPTIONS = Counter(

@@ -43,6 +43,7 @@ from protocol import (
     ErrorEvent,
     ProviderConnectionError,
     ProviderError,
+    ProviderTarget,
     RealtimeAudioClient,
     RealtimeSessionConfig,
     ResponseDoneEvent,
@@ -92,6 +93,7 @@ from redisio.metrics import (
 )
 from redisio.pumps import OutputWriter, StreamReader, WriteBatch
 
+from . import failover
 from .conversation import ConversationLog, replay_config
 from .settings import WorkerSettings
 
@@ -298,19 +300,21 @@ class SessionRunner:
         return self.end_reason
 
     async def _start(self) -> None:
-        settings = self.runtime.settings
-        api_key, url = None, None
-        if self.provider == "openai":
-            api_key, url = settings.openai_api_key or None, settings.openai_url or None
-        elif self.provider == "gemini":
-            api_key, url = settings.gemini_api_key or None, settings.gemini_url or None
+        creds = failover.credentials(self.runtime.settings, self.provider)
+        api_key, url = creds["api_key"], creds["url"]
         # credentials and endpoints are this worker's configuration, never the record's
         options = {k: v for k, v in self.record.options.items() if k not in ("api_key", "url")}
 
         def new_client() -> RealtimeAudioClient:
-            client = create_client(
-                self.provider, model=self.record.model, api_key=api_key, url=url, **options
-            )
+            if self.config.fallbacks:
+                primary = ProviderTarget(
+                    provider=self.provider, model=self.record.model, options=options
+                )
+                client = failover.build_client(self.runtime, primary, self.config.fallbacks)
+            else:
+                client = create_client(
+                    self.provider, model=self.record.model, api_key=api_key, url=url, **options
+                )
             self.client = client
             self._pstate_version = -1  # a new client counts from 0 again
             for name in sorted(EVENT_NAMES):
@@ -760,7 +764,9 @@ class SessionRunner:
         elif name == "reconnecting" and isinstance(payload, ConnectionEvent):
             RECONNECTS.labels(self.provider, reconnect_reason(payload)).inc()
         elif name == "reconnected" and isinstance(payload, ConnectionEvent):
-            if self.phase is Phase.LIVE:  # the provider client's own reconnect
+            if payload.strategy == "failover":
+                self.provider = failover.count_failover(self.provider, payload)
+            elif self.phase is Phase.LIVE:  # the provider client's own reconnect
                 RESUMPTIONS.labels(self.provider, payload.strategy or "replayed").inc()
         elif isinstance(payload, ResponseDoneEvent):
             self._speech_stopped_at = None

@@ -129,6 +129,8 @@ CLOSE_TIMEOUT_S = 5.0
 PING_INTERVAL_S = 20.0
 #: Incoming frames websockets buffers per caller before it stops reading the socket.
 INBOUND_QUEUE = 8
+#: Largest ``skip`` an attach may ask for (it counts audio frames after ``after``).
+MAX_SKIP = 1_000_000
 
 #: Close code: the session ended (``closed`` event or ``session.end``).
 CLOSE_SESSION_ENDED = 1000
@@ -302,11 +304,12 @@ def parse_route(path: str) -> Route:
     try:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
-        raise BadRequest(400, f"query {parts.query!r} is malformed") from None
+        raise BadRequest(400, f"query {_clip(parts.query)} is malformed") from None
     unknown = sorted(set(query) - {"after", "skip"})
     if unknown or (session_id is None and query):
         allowed = "after and skip when attaching" if session_id else "none for a new session"
-        raise BadRequest(400, f"unexpected query parameters {sorted(query)}; allowed: {allowed}")
+        names = _clip(", ".join(sorted(query)))
+        raise BadRequest(400, f"unexpected query parameters {names}; allowed: {allowed}")
     if any(len(values) > 1 for values in query.values()):
         raise BadRequest(400, "each query parameter may appear once")
     after = query.get("after", [None])[0]
@@ -315,15 +318,26 @@ def parse_route(path: str) -> Route:
             entry_id_key(after)
         except StreamEntryError:
             raise BadRequest(
-                400, f"after={after!r} is not an event id; expected '<ms>-<seq>' from event_id"
+                400,
+                f"after={_clip(after)} is not an event id; expected '<ms>-<seq>' as in event_id "
+                "(ASCII digits, each part at most 2**64-1)",
             ) from None
     raw_skip = query.get("skip", ["0"])[0]
-    if not raw_skip.isdigit() or int(raw_skip) > 1_000_000:
-        raise BadRequest(400, f"skip={raw_skip!r}; expected a whole number of audio frames")
+    # ASCII digits only: str.isdigit also accepts e.g. '\u00b2', which int() then refuses
+    if not (raw_skip.isascii() and raw_skip.isdigit()) or int(raw_skip) > MAX_SKIP:
+        raise BadRequest(
+            400, f"skip={_clip(raw_skip)}; expected a whole number of audio frames (0..{MAX_SKIP})"
+        )
     skip = int(raw_skip)
     if skip and after is None:
         raise BadRequest(400, "skip needs after: it counts audio frames after that event")
     return Route(session_id=session_id, after=after, skip=skip)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to ``limit`` characters: a refusal never echoes a caller's megabyte."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 # --- one caller ----------------------------------------------------------------------------------

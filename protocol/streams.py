@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from . import errors as _errors
 from .config import RealtimeSessionConfigUpdate, RealtimeToolResponse
@@ -44,6 +44,7 @@ __all__ = [
     "INPUT_MAXLEN",
     "OUTPUT_MAXLEN",
     "SCHEMA_VERSION",
+    "STREAM_ID_PART_MAX",
     "AckEntry",
     "AudioEntry",
     "Command",
@@ -86,6 +87,9 @@ IDLE_TTL_S = 3600
 #: ``ref`` of the acknowledgement that answers session creation (connect to the provider).
 CONNECT_REF = "connect"
 
+#: Largest value of either part of a stream entry id (Redis keeps each as an unsigned 64-bit int).
+STREAM_ID_PART_MAX = 2**64 - 1
+
 _VERSION = str(SCHEMA_VERSION).encode()
 
 #: A stream entry as written: field name -> value.
@@ -98,14 +102,32 @@ def now_us() -> int:
 
 
 def entry_id_key(entry_id: bytes | str) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` as a sortable tuple; raises ``StreamEntryError`` on any other form."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    # partition + isdecimal accept exactly what the regex ``(\d{1,20})-(\d{1,20})`` does, at a
-    # third of its cost: this runs once per entry read, in the worker and in the ingress
+    """``"<ms>-<seq>"`` as a sortable tuple; raises ``StreamEntryError`` on any other form.
+
+    Exactly what Redis accepts as a full stream id: two whole numbers of ASCII digits, each at
+    most ``2**64 - 1``. ``str.isdigit`` alone lets Arabic-Indic or superscript digits through and
+    20 digits can exceed 64 bits: Redis rejects both, which would fail a whole multiplexed read.
+    """
+    text = entry_id.decode("latin-1") if isinstance(entry_id, bytes) else entry_id
+    # partition + isascii/isdigit accept exactly what the regex ``([0-9]{1,20})-([0-9]{1,20})``
+    # does, at a third of its cost: this runs once per entry read, in the worker and the ingress
     ms, _, seq = text.partition("-")
-    if 0 < len(ms) <= 20 and 0 < len(seq) <= 20 and ms.isdecimal() and seq.isdecimal():
-        return int(ms), int(seq)
-    raise StreamEntryError(f"stream entry id {text!r} is invalid; expected '<ms>-<seq>'")
+    if (
+        0 < len(ms) <= 20
+        and 0 < len(seq) <= 20
+        and ms.isascii()
+        and seq.isascii()
+        and ms.isdigit()
+        and seq.isdigit()
+    ):
+        key = int(ms), int(seq)
+        if key[0] <= STREAM_ID_PART_MAX and key[1] <= STREAM_ID_PART_MAX:
+            return key
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    raise StreamEntryError(
+        f"stream entry id {shown!r} is invalid; expected '<ms>-<seq>': two whole numbers in ASCII "
+        f"digits, each at most {STREAM_ID_PART_MAX}"
+    )
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -540,6 +562,13 @@ class SessionRecord(BaseModel):
     created_us: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
     open_response: str = ""
+
+    @field_validator("cursor", "command_cursor")
+    @classmethod
+    def _stream_position(cls, value: str) -> str:
+        # a new owner passes these to XREAD: one Redis rejects would fail the worker's shared read
+        entry_id_key(value)
+        return value
 
 
 _JSON_FIELDS = {

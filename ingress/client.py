@@ -34,6 +34,7 @@ from redis.exceptions import ResponseError
 
 from protocol import (
     ConfigError,
+    ConnectionEvent,
     ErrorEvent,
     NotConnectedError,
     RealtimeAudioClient,
@@ -51,6 +52,7 @@ from protocol import (
     parse_update,
 )
 from protocol.audio import check_frame
+from protocol.backoff import Backoff
 from protocol.keys import DEFAULT_NAMESPACE, Keys, SessionKeys, validate_session_id
 from protocol.streams import (
     CLOSED_TTL_S,
@@ -80,7 +82,14 @@ from redisio.metrics import AUDIO_FRAMES_DROPPED
 from redisio.pumps import PipelineWriter, StreamReader
 from redisio.settings import batch_linger_s, redact_url
 
-__all__ = ["ACK_TIMEOUT_S", "INGRESS_BUFFER_S", "IngressHub", "RedisRealtimeClient"]
+__all__ = [
+    "ACK_TIMEOUT_S",
+    "INGRESS_BUFFER_S",
+    "SESSION_CHECK_S",
+    "SESSION_LOST",
+    "IngressHub",
+    "RedisRealtimeClient",
+]
 
 log = logging.getLogger("voicegrid.ingress")
 
@@ -92,6 +101,28 @@ ACK_TIMEOUT_S = 15.0
 INGRESS_BUFFER_S = 5.0
 #: Options that stay on the worker: credentials and endpoints are the worker's configuration.
 _WORKER_ONLY_OPTIONS = frozenset({"api_key", "url"})
+#: Seconds between two checks of the sessions a process follows (one pipelined ``HMGET`` of
+#: status and epoch per live session): a session that vanished (Redis restarted without its
+#: data, an older copy restored, closed by someone else without a ``closed`` event) is reported
+#: within about two of these, well inside two lease TTLs.
+SESSION_CHECK_S = 1.0
+#: The ``error`` code (and ``closed`` reason) of a session that is gone without its worker
+#: saying so (docs/streams.md, "When the session is gone").
+SESSION_LOST = "session_lost"
+
+# Creates a session's input stream (empty, with the idle expiry) when the record exists and is
+# open. The ingress appends with NOMKSTREAM, so no write of it can re-create a stream of a
+# session that is gone (it would have no expiry, and nobody would read it).
+# KEYS: state, input. ARGV: idle ttl ms. Returns the record's status, or '' when it is missing.
+_ENSURE_INPUT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '' end
+if status ~= 'closed' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', 0, '*', 'v', '0')
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return status
+"""
 
 
 class IngressHub:
@@ -108,6 +139,8 @@ class IngressHub:
         self._writer = IngressWriter(redis, self._reader.health, linger_s=linger)
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
+        self._clients: set[RedisRealtimeClient] = set()
+        self._ensure_input = redis.register_script(_ENSURE_INPUT)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -118,6 +151,7 @@ class IngressHub:
             self._tasks = [
                 loop.create_task(self._writer.run(), name="voicegrid-ingress-writer"),
                 loop.create_task(self._reader.run(), name="voicegrid-ingress-reader"),
+                loop.create_task(self._watch(), name="voicegrid-ingress-watch"),
             ]
 
     async def release(self) -> None:
@@ -138,10 +172,71 @@ class IngressHub:
     # --- reading -------------------------------------------------------------------------------
 
     async def follow(self, stream: str, after: str, client: RedisRealtimeClient) -> None:
-        await self._reader.add(stream, after=after, consumer=client._on_output)
+        self._clients.add(client)
+        await self._reader.add(
+            stream, after=after, consumer=client._on_output, on_error=client._on_stream_error
+        )
 
-    def unfollow(self, stream: str) -> None:
+    def unfollow(self, stream: str, client: RedisRealtimeClient) -> None:
+        self._clients.discard(client)
         self._reader.remove(stream)
+
+    # --- is the session still there? -------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every :data:`SESSION_CHECK_S`: one pipelined read of every live session's status and
+        epoch, so callers learn when their session is gone (see :data:`SESSION_LOST`)."""
+        while True:
+            await asyncio.sleep(SESSION_CHECK_S)
+            clients = [c for c in self._clients if c.connected and c._keys is not None]
+            if not clients:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for client in clients:
+                        assert client._keys is not None
+                        pipe.hmget(client._keys.state, [StateField.STATUS, StateField.EPOCH])
+                    replies = await pipe.execute()
+            except REDIS_ERRORS:
+                continue  # unreachable is not gone: the next check after Redis is back decides
+            for client, (status, epoch) in zip(clients, replies, strict=True):
+                client._check_record(status, epoch)
+
+    def input_missing(self, client: RedisRealtimeClient) -> None:
+        """An append found no input stream: create it if the session is open, else report the
+        session gone. The client's entries wait meanwhile (in order)."""
+        task = asyncio.get_running_loop().create_task(self._input_missing(client))
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _input_missing(self, client: RedisRealtimeClient) -> None:
+        keys = client._keys
+        if keys is None:
+            return
+        backoff = Backoff()
+        while client.state is not SessionState.CLOSED:
+            try:
+                raw = await self._ensure_input(
+                    keys=[keys.state, keys.input], args=[IDLE_TTL_S * 1000]
+                )
+                break
+            except REDIS_ERRORS:
+                await backoff.wait()
+        else:
+            return
+        status = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if not status:
+            client._session_lost(
+                "its record is missing (Redis restarted without its data, or it expired)"
+            )
+        elif status == "closed":
+            client._check_record(b"closed", None)  # the watch decides once it saw the event
+        else:
+            client._resume_writes()
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -167,7 +262,8 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
     ) -> list[tuple[Any, ...]]:
         commands: list[tuple[Any, ...]] = []
         for source, batch in work:
-            head = ("XADD", source._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
+            # NOMKSTREAM: an append never re-creates the stream of a session that is gone
+            head = ("XADD", source._keys_input, "NOMKSTREAM", "MAXLEN", "~", INPUT_MAXLEN, "*")
             commands += [(*head, *itertools.chain.from_iterable(f.items())) for f, _ in batch]
         return commands
 
@@ -177,14 +273,22 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
         replies: list[Any],
         done: float,
     ) -> list[tuple[RedisRealtimeClient, list[_Pending]]]:
-        pending = (item for _, batch in work for item in batch)
-        for (_, future), reply in zip(pending, replies, strict=True):
-            if future is None or future.done():
-                continue
-            if isinstance(reply, BaseException):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
+        at = 0
+        for source, batch in work:
+            answers = replies[at : at + len(batch)]
+            at += len(batch)
+            for index, ((_fields, future), reply) in enumerate(zip(batch, answers, strict=True)):
+                if reply is None:
+                    # no input stream: every entry from here on was refused too; they wait
+                    # (in order) until the stream is created or the session is known gone
+                    source._input_missing(batch[index:])
+                    break
+                if future is None or future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
         return []
 
 
@@ -284,6 +388,17 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._acks: dict[str, asyncio.Future[AckEntry]] = {}
         self._early_acks: dict[str, AckEntry] = {}
         self._finishing: asyncio.Task[None] | None = None
+        # what the session is known to be: the highest lease epoch seen (entries' ``ep``, the
+        # record), a ``closed`` read while connecting, a close seen in the record but not yet
+        # on the output stream, and why the session is gone when it vanished
+        self._epoch = 0
+        self._closed_early = False
+        self._closed_in_record = False
+        self._lost: str | None = None
+        self._created = False
+        # entries wait here while the input stream is being created (or found gone)
+        self._writes_blocked = False
+        self._disconnecting: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -351,6 +466,11 @@ class RedisRealtimeClient(RealtimeAudioClient):
             assert entry.error is not None
             raise entry.error
         self._set_capabilities(entry.result.get("capabilities"))
+        if self._closed_early:
+            # the session ended right after it connected (its ``closed`` came with or just
+            # after the acknowledgement): connect resolves, to a closed client, never a live one
+            await self._finish()
+            return
         self._lifecycle.to(SessionState.LIVE)
 
     async def _create(self, hub: IngressHub, keys: SessionKeys, record: SessionRecord) -> None:
@@ -364,6 +484,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     f"session {keys.session_id!r} already exists; use attach() to join it or "
                     "pick another session_id"
                 )
+            self._created = True  # from here on a failed connect closes this record
             async with hub.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(keys.state, mapping=dict(fields))
                 pipe.pexpire(keys.state, IDLE_TTL_S * 1000)
@@ -374,8 +495,15 @@ class RedisRealtimeClient(RealtimeAudioClient):
             raise _redis_failure(exc, self.redis_url) from exc
 
     async def _abandon(self, hub: IngressHub, keys: SessionKeys) -> None:
-        """A connect that failed or timed out: close the session so no worker runs it later."""
-        hub.unfollow(keys.output)
+        """A connect that failed or timed out: close the session so no worker runs it later.
+
+        Only a record this client created: a refused id (it already exists) belongs to someone
+        else's session, which must go on untouched."""
+        hub.unfollow(keys.output, self)
+        if not self._created:
+            self._lifecycle.to(SessionState.CLOSED)
+            await self._close_hub()
+            return
         with contextlib.suppress(*REDIS_ERRORS):
             async with hub.redis.pipeline(transaction=False) as pipe:
                 pipe.hset(keys.state, StateField.STATUS, "closed")
@@ -429,18 +557,33 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._session_id = session_id
         self._bind(keys, parse_config(record.config))
         self._last_key = entry_id_key(start)
+        self._epoch = record.epoch
         self._lifecycle.to(SessionState.CONNECTING)
         await hub.follow(keys.output, start, self)
+        if self._closed_early:
+            await self._finish()  # it ended while we joined: a closed client, as connect()
+            return
         self._lifecycle.to(SessionState.LIVE)
 
     async def disconnect(self) -> None:
-        """End the session (the worker closes the provider connection); idempotent."""
+        """End the session (the worker closes the provider connection); idempotent.
+
+        A call while another is in progress returns when that one has finished, so every
+        caller of ``disconnect`` sees the session closed (and its ``closed`` event) on return.
+        """
+        if self._disconnecting is not None:
+            await asyncio.shield(self._disconnecting)
+            return
         if self.state in (SessionState.IDLE, SessionState.CLOSED, SessionState.CLOSING):
             return
-        self._lifecycle.to(SessionState.CLOSING)
-        with contextlib.suppress(SessionTimeout, VoicegridError):
-            await self._request(DisconnectCommand())
-        await self._finish()
+        self._disconnecting = asyncio.get_running_loop().create_future()
+        try:
+            self._lifecycle.to(SessionState.CLOSING)
+            with contextlib.suppress(SessionTimeout, VoicegridError):
+                await self._request(DisconnectCommand())
+            await self._finish()
+        finally:
+            self._disconnecting.set_result(None)
 
     async def detach(self, *, flush_timeout_s: float = 2.0) -> None:
         """Stop following the session without ending it; idempotent; emits no event.
@@ -468,7 +611,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     def _mark_closed(self) -> None:
         if self._hub is not None and self._keys is not None:
-            self._hub.unfollow(self._keys.output)
+            self._hub.unfollow(self._keys.output, self)
         if self.state is not SessionState.CLOSED:
             self._lifecycle.to(SessionState.CLOSED)
         for future in self._acks.values():
@@ -491,7 +634,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
     def send_audio(self, frame: bytes) -> None:
         """Queue a caller frame for the input stream; never blocks (bounded, drop-oldest)."""
         if not self.connected or self._config is None:
-            raise NotConnectedError("send_audio needs a connected session; call connect() first")
+            raise self._not_connected("send_audio")
         data = check_frame(frame, self._config.input_audio)
         self._queue(encode_audio(data), None)
         self._pending_audio_bytes += len(data)
@@ -502,7 +645,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
     def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
         """Return tool results to the model (queued in order with the audio)."""
         if not self.connected:
-            raise NotConnectedError("send_tool_response needs a connected session")
+            raise self._not_connected("send_tool_response")
         try:
             command = ToolResponseCommand(responses=list(responses))
         except ValueError as exc:
@@ -512,7 +655,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
         """Change the session config; resolves once the worker applied it (``config-updated``)."""
         if not self.connected:
-            raise NotConnectedError("update_config needs a connected session")
+            raise self._not_connected("update_config")
         update = parse_update(config)
         entry = await self._request(UpdateConfigCommand(update=update))
         if not entry.ok:
@@ -523,8 +666,83 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     def _request_response(self, instruction: str | None) -> None:
         if not self.connected:
-            raise NotConnectedError("request_response needs a connected session")
+            raise self._not_connected("request_response")
         self._queue(encode_command(RequestResponseCommand(instruction=instruction)), None)
+
+    # --- when the session is gone --------------------------------------------------------------
+
+    def _not_connected(self, what: str) -> NotConnectedError:
+        if self._lost is not None:
+            return NotConnectedError(f"{what}: {self._lost}")
+        return NotConnectedError(f"{what} needs a connected session; call connect() first")
+
+    def _check_record(self, status: bytes | None, epoch: bytes | None) -> None:
+        """The record's status and epoch as the hub's watch read them (see SESSION_CHECK_S)."""
+        if not self.connected or self._keys is None:
+            return
+        if status is None:
+            self._session_lost(
+                "its record is missing (Redis restarted without its data, or it expired)"
+            )
+            return
+        if epoch is not None:
+            try:
+                seen = int(epoch)
+            except ValueError:
+                seen = self._epoch
+            if seen < self._epoch:
+                self._session_lost(
+                    f"its lease epoch went back from {self._epoch} to {seen} (Redis restored "
+                    "an older copy of it)"
+                )
+                return
+            self._epoch = seen
+        if status == b"closed":
+            # a worker writes ``closed`` on the output stream in the same step as the status:
+            # give the reader one more check to deliver it before calling the session lost
+            if self._closed_in_record:
+                self._session_lost("its record was closed without a closed event")
+            self._closed_in_record = True
+
+    def _session_lost(self, reason: str) -> None:
+        """The session vanished without its worker saying so: ``error`` (:data:`SESSION_LOST`,
+        not recoverable), then ``closed``; nothing queued is written any more."""
+        if self.state in (SessionState.IDLE, SessionState.CLOSED):
+            return
+        message = f"session {self._session_id} is gone: {reason}"
+        log.warning("%s", message)
+        self._lost = message
+        self._drop_pending(message)
+        self._mark_closed()
+        self.emit("error", ErrorEvent(code=SESSION_LOST, message=message, recoverable=False))
+        self.emit("closed", ConnectionEvent(reason=SESSION_LOST))
+        self._finishing = asyncio.get_running_loop().create_task(self._close_hub())
+
+    def _on_stream_error(self, exc: ResponseError) -> None:
+        """Redis refuses to read this session's output stream (e.g. the key holds another type):
+        the session cannot be followed; the process's other sessions go on."""
+        self._session_lost(f"Redis rejects reading its output stream: {exc}")
+
+    def _drop_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, deque()
+        self._pending_audio_bytes = 0
+        self._writes_blocked = False
+        for _, future in pending:
+            if future is not None and not future.done():
+                future.set_exception(NotConnectedError(why))
+
+    def _input_missing(self, batch: list[_Pending]) -> None:
+        """The writer found no input stream for ``batch`` (see ``IngressHub.input_missing``)."""
+        self._restore_pending(batch)
+        if not self._writes_blocked and self._hub is not None:
+            self._writes_blocked = True
+            self._hub.input_missing(self)
+
+    def _resume_writes(self) -> None:
+        """The input stream exists now: write what waited."""
+        self._writes_blocked = False
+        if self._pending and self._hub is not None:
+            self._hub.mark(self)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -557,6 +775,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._hub.mark(self)
 
     def _take_pending(self) -> list[_Pending]:
+        if self._writes_blocked:
+            return []
         batch = list(self._pending)
         self._pending.clear()
         self._pending_audio_bytes = 0
@@ -641,6 +861,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     ),
                 )
                 continue
+            if entry.epoch > self._epoch:
+                self._epoch = entry.epoch
             if isinstance(entry, AckEntry):
                 future = self._acks.pop(entry.ref, None)
                 if future is None:
@@ -650,7 +872,9 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     future.set_result(entry)
                 continue
             self._last_event_id = entry_id
-            if entry.name == "closed" and self.state is not SessionState.CONNECTING:
+            if entry.name == "closed" and self.state is SessionState.CONNECTING:
+                self._closed_early = True  # connect() resolves to a closed client
+            elif entry.name == "closed":
                 # the session ended (here or through another client): closed before handlers run
                 was_closing = self.state is SessionState.CLOSING
                 self._mark_closed()

@@ -42,6 +42,7 @@ __all__ = [
     "CONNECT_REF",
     "IDLE_TTL_S",
     "INPUT_MAXLEN",
+    "MAX_START_ATTEMPTS",
     "OUTPUT_MAXLEN",
     "SCHEMA_VERSION",
     "STREAM_ID_PART_MAX",
@@ -86,6 +87,9 @@ CLOSED_TTL_S = 300
 IDLE_TTL_S = 3600
 #: ``ref`` of the acknowledgement that answers session creation (connect to the provider).
 CONNECT_REF = "connect"
+#: Lease epochs a session may take without ever going live (a record no worker can start, a
+#: worker that dies on it) before the reaper closes it with an error instead of a new epoch.
+MAX_START_ATTEMPTS = 3
 
 #: Largest value of either part of a stream entry id (Redis keeps each as an unsigned 64-bit int).
 STREAM_ID_PART_MAX = 2**64 - 1
@@ -528,6 +532,7 @@ class StateField:
     CREATED = "created"
     CAPABILITIES = "caps"
     OPEN_RESPONSE = "open_resp"
+    STARTS = "starts"
 
 
 Status = Literal["pending", "live", "closed"]
@@ -542,7 +547,10 @@ class SessionRecord(BaseModel):
     resumption handle); ``conversation`` the summary used for replay; ``handoff`` the epoch that
     handed the session over on drain (0: none); ``capabilities`` the provider client's;
     ``open_response`` the id of a model turn whose output was published but whose
-    ``response-done`` was not ("": none), which a new owner closes as ``failed``.
+    ``response-done`` was not ("": none), which a new owner closes as ``failed``; ``starts``
+    the lease epochs taken since the session was last live (the lease script counts them, going
+    live resets them): the reaper closes a session that never gets going after
+    ``MAX_START_ATTEMPTS`` instead of re-enqueueing it forever.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -562,6 +570,7 @@ class SessionRecord(BaseModel):
     created_us: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
     open_response: str = ""
+    starts: int = Field(default=0, ge=0)
 
     @field_validator("cursor", "command_cursor")
     @classmethod
@@ -589,6 +598,7 @@ _PLAIN_FIELDS = {
     StateField.HANDOFF: "handoff",
     StateField.CREATED: "created_us",
     StateField.OPEN_RESPONSE: "open_response",
+    StateField.STARTS: "starts",
 }
 
 

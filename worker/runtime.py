@@ -44,13 +44,26 @@ from arq.worker import Worker, func
 from redis.exceptions import NoScriptError, ResponseError
 
 from protocol.backoff import Backoff
-from protocol.errors import InvalidSessionId, StreamEntryError
-from protocol.keys import Keys, validate_session_id
-from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, SCHEMA_VERSION, decode_record
+from protocol.errors import InvalidSessionId, RuntimeFailure
+from protocol.events import ConnectionEvent, ErrorEvent
+from protocol.keys import Keys, SessionKeys, validate_session_id
+from protocol.streams import (
+    CLOSED_TTL_S,
+    CONNECT_REF,
+    IDLE_TTL_S,
+    MAX_START_ATTEMPTS,
+    OUTPUT_MAXLEN,
+    SCHEMA_VERSION,
+    Fields,
+    StateField,
+    decode_record,
+    encode_ack,
+    encode_event,
+)
 from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
 from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
-from redisio.lease import LeaseScripts
+from redisio.lease import Lease, LeaseScripts, SessionWrite
 from redisio.metrics import (
     ADMISSION_PAUSED,
     ADMISSION_PAUSES,
@@ -62,6 +75,7 @@ from redisio.metrics import (
     SESSIONS_CAPACITY,
     SESSIONS_ENDED,
     SESSIONS_STARTED,
+    START_FAILURES,
     TAKEOVERS,
     WORKER_DRAINING,
 )
@@ -294,13 +308,16 @@ class WorkerRuntime:
                 pipe.delete(retry_key_prefix + old)
             pipe.hgetall(keys.state)
             replies = await pipe.execute()
+        raw = replies[-1]
         try:
-            record = decode_record(replies[-1])
-        except StreamEntryError as exc:
-            log.error("session %s has a malformed record (%s); closing it", session_id, exc)
-            await self.redis.delete(*keys.all)
+            record = decode_record(raw)
+            runner = SessionRunner(self, lease, record)
+        except Exception as exc:
+            # a record no worker can start (written by a producer that is not the ingress, or
+            # corrupted): say why on the output stream and close it, never leave it pending for
+            # the reaper to re-enqueue forever
+            await self._close_unstartable(lease, raw.get(b"status"), exc)
             return
-        runner = SessionRunner(self, lease, record)
         if runner.kind == "takeover":
             TAKEOVERS.labels("lease_expired").inc()
         elif runner.kind == "handoff":
@@ -330,6 +347,25 @@ class WorkerRuntime:
         if reason in ("closed", "error"):
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.redis.zrem(self.keys.live, session_id)
+
+    async def _close_unstartable(
+        self, lease: Lease, status: bytes | None, exc: BaseException
+    ) -> None:
+        keys = lease.keys
+        message = f"session {keys.session_id} cannot be started: {exc}"
+        log.error("%s; closing it", message)
+        START_FAILURES.labels("invalid_record").inc()
+        entries = _unstartable_entries(lease.epoch, status, "invalid_record", message)
+        write = SessionWrite(
+            lease, entries, {StateField.STATUS: b"closed"}, "close", float(CLOSED_TTL_S)
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        self.scripts.queue_write(
+            pipe, [write], maxlen=OUTPUT_MAXLEN, version=str(SCHEMA_VERSION).encode()
+        )
+        pipe.zrem(self.keys.live, keys.session_id)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pipe.execute(raise_on_error=False)
 
     def released(self, runner: SessionRunner) -> None:
         """A hand-off's lease release was written: enqueue the next epoch for another worker."""
@@ -443,15 +479,31 @@ class WorkerRuntime:
                 await self.redis.zrem(self.keys.live, raw)
                 continue
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.state, ["status", "epoch"])
+                pipe.hmget(keys.state, ["status", "epoch", StateField.STARTS])
                 pipe.exists(keys.lease)
-                (status, epoch_raw), leased = await pipe.execute()
+                (status, epoch_raw, starts_raw), leased = await pipe.execute()
             if status is None or status == b"closed":
                 await self.redis.zrem(self.keys.live, raw)
                 continue
             if leased:
                 continue
-            epoch = int(epoch_raw or 0) + 1
+            epoch_raw = epoch_raw or b"0"
+            starts = int(starts_raw) if (starts_raw or b"").isdigit() else 0
+            if not epoch_raw.isdigit() or len(epoch_raw) > 18:
+                await self._give_up(
+                    keys, status, epoch_raw, f"its epoch {epoch_raw[:40]!r} is invalid"
+                )
+                continue
+            if starts >= MAX_START_ATTEMPTS:
+                await self._give_up(
+                    keys,
+                    status,
+                    epoch_raw,
+                    f"{starts} workers took it without getting it going (a worker died on it "
+                    "each time, see the workers' logs)",
+                )
+                continue
+            epoch = int(epoch_raw) + 1
             if await enqueue_session(self.redis, self.keys, sid, epoch):
                 enqueued += 1
                 log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
@@ -459,6 +511,18 @@ class WorkerRuntime:
                 await self._unstick(sid, epoch)
         REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
         return enqueued
+
+    async def _give_up(self, keys: SessionKeys, status: bytes, epoch_raw: bytes, why: str) -> None:
+        """Close a session the reaper will not re-enqueue again, with an error that says why."""
+        message = f"session {keys.session_id} could not be started: {why}"
+        epoch = int(epoch_raw) if epoch_raw.isdigit() and len(epoch_raw) <= 18 else 0
+        entries = _unstartable_entries(epoch, status, "start_failed", message)
+        if await self.scripts.abandon(
+            keys, epoch=epoch_raw, entries=entries, ttl_s=CLOSED_TTL_S, maxlen=OUTPUT_MAXLEN
+        ):
+            START_FAILURES.labels("attempts").inc()
+            log.error("reaper: %s; closed it", message)
+        await self.redis.zrem(self.keys.live, keys.session_id)
 
     async def _unstick(self, session_id: str, epoch: int) -> None:
         """The job for ``epoch`` exists: if a worker died between taking it and its lease,
@@ -475,6 +539,20 @@ class WorkerRuntime:
                 pipe.delete(in_progress)
                 pipe.zadd(self.keys.queue, {job_id: int(time.time() * 1000)})
                 await pipe.execute()
+
+
+def _unstartable_entries(epoch: int, status: bytes | None, code: str, message: str) -> list[Fields]:
+    """What a session that cannot be started says on its output stream: an ``error`` (not
+    recoverable), the failed connect acknowledgement a connecting caller waits for, ``closed``."""
+    entries = [
+        encode_event(
+            "error", ErrorEvent(code=code, message=message, recoverable=False), epoch=epoch
+        )
+    ]
+    if status != b"live":  # somebody may be waiting in connect()
+        entries.append(encode_ack(CONNECT_REF, epoch=epoch, error=RuntimeFailure(message)))
+    entries.append(encode_event("closed", ConnectionEvent(reason=code), epoch=epoch))
+    return entries
 
 
 async def _session_job(ctx: dict[str, Any], session_id: str, epoch: int) -> None:

@@ -77,6 +77,7 @@ from redisio.metrics import (
     PROVIDER_ERRORS,
     RECONNECTS,
     RESUMPTIONS,
+    START_FAILURES,
     TOOL_CALL_ROUNDTRIP,
 )
 from redisio.pumps import OutputWriter, StreamReader, WriteBatch
@@ -307,6 +308,7 @@ class SessionRunner:
         else:
             RESUMPTIONS.labels(self.provider, self.strategy or "replayed").inc()
         self._record_updates[StateField.HANDOFF] = b"0"
+        self._record_updates[StateField.STARTS] = b"0"  # it got going: the reaper may retry it
         self.runtime.writer.mark(self)
         await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
         if self._handoff_requested:
@@ -336,6 +338,7 @@ class SessionRunner:
         code = exc.code if isinstance(exc, ProviderError) else "connect_failed"
         message = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
         PROVIDER_ERRORS.labels(self.provider, code, "false").inc()
+        START_FAILURES.labels("provider").inc()
         self._emit("error", ErrorEvent(code=code, message=message, recoverable=False))
         if self.kind == "new":
             self._push(

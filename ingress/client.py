@@ -62,6 +62,7 @@ from protocol.streams import (
     AckEntry,
     Command,
     DisconnectCommand,
+    EntryLimits,
     PingCommand,
     RequestResponseCommand,
     SessionRecord,
@@ -80,7 +81,7 @@ from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
 from redisio.jobs import enqueue_session
 from redisio.metrics import AUDIO_FRAMES_DROPPED
 from redisio.pumps import PipelineWriter, StreamReader
-from redisio.settings import batch_linger_s, redact_url
+from redisio.settings import batch_linger_s, entry_limits, redact_url
 
 __all__ = [
     "ACK_TIMEOUT_S",
@@ -327,10 +328,12 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     ``RedisRealtimeClient(redis_url, *, provider, model, session_id=None, **options)``:
     ``options`` go to the provider client on the worker (``providers.create_client``), except
-    credentials and endpoints, which are the worker's configuration. Three keyword options are
+    credentials and endpoints, which are the worker's configuration. Four keyword options are
     the ingress's own: ``namespace`` (key prefix; default ``VOICEGRID_NAMESPACE`` or
-    ``voicegrid``), ``connect_timeout_s`` (default 30) and ``redis`` (an ``arq``/``redis.asyncio``
-    client to use instead of opening ``redis_url``).
+    ``voicegrid``), ``connect_timeout_s`` (default 30), ``redis`` (an ``arq``/``redis.asyncio``
+    client to use instead of opening ``redis_url``) and ``limits`` (the size limits of audio,
+    commands and tool outputs; default from ``VOICEGRID_MAX_*``, see docs/streams.md): an
+    entry over them raises ``EntryTooLarge`` and is not sent.
 
     ``capabilities`` are the provider client's, as reported by the worker once connected (or
     attached); before that they are the defaults.
@@ -346,6 +349,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         namespace: str | None = None,
         connect_timeout_s: float = 30.0,
         redis: ArqRedis | None = None,
+        limits: EntryLimits | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model=model)
@@ -372,6 +376,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._session_id = validate_session_id(session_id) if session_id is not None else None
         self._options = options
         self._connect_timeout_s = connect_timeout_s
+        self._limits = limits if limits is not None else entry_limits()
         # ``provider`` and ``capabilities`` are class-level on provider clients; an ingress
         # client speaks for whichever provider its session uses, so they live on the instance.
         self.__dict__["provider"] = provider
@@ -636,6 +641,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         if not self.connected or self._config is None:
             raise self._not_connected("send_audio")
         data = check_frame(frame, self._config.input_audio)
+        self._limits.check_audio(len(data), self._config.input_audio)
         self._queue(encode_audio(data), None)
         self._pending_audio_bytes += len(data)
         budget = self._config.input_audio.bytes_per_second * INGRESS_BUFFER_S
@@ -650,7 +656,9 @@ class RedisRealtimeClient(RealtimeAudioClient):
             command = ToolResponseCommand(responses=list(responses))
         except ValueError as exc:
             raise ConfigError(f"invalid tool responses: {exc}") from None
-        self._queue(encode_command(command), None)
+        for response in command.responses:
+            self._limits.check_tool_output(response)
+        self._queue(self._encode(command), None)
 
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
         """Change the session config; resolves once the worker applied it (``config-updated``)."""
@@ -667,7 +675,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
     def _request_response(self, instruction: str | None) -> None:
         if not self.connected:
             raise self._not_connected("request_response")
-        self._queue(encode_command(RequestResponseCommand(instruction=instruction)), None)
+        self._queue(self._encode(RequestResponseCommand(instruction=instruction)), None)
 
     # --- when the session is gone --------------------------------------------------------------
 
@@ -817,6 +825,14 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     ),
                 )
 
+    def _encode(self, command: Command) -> dict[str, Any]:
+        """``command`` as an input entry; ``EntryTooLarge`` if its body is over the limit."""
+        fields = encode_command(command)
+        body = fields["b"]
+        assert isinstance(body, bytes)
+        self._limits.check_command(command.type, len(body))
+        return fields
+
     def _expect_ack(self, ref: str) -> asyncio.Future[AckEntry]:
         future: asyncio.Future[AckEntry] = asyncio.get_running_loop().create_future()
         early = self._early_acks.pop(ref, None)
@@ -828,8 +844,9 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     async def _request(self, command: Command, *, timeout_s: float = ACK_TIMEOUT_S) -> AckEntry:
         """Send ``command`` and wait for the worker's acknowledgement."""
+        fields = self._encode(command)
         written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue(encode_command(command), written)
+        self._queue(fields, written)
         try:
             async with asyncio.timeout(timeout_s):
                 entry_id = await written

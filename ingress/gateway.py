@@ -57,6 +57,7 @@ from protocol import (
     AudioEvent,
     AudioFormatError,
     ConfigError,
+    EntryTooLarge,
     InvalidSessionId,
     NotConnectedError,
     ProviderError,
@@ -87,7 +88,6 @@ __all__ = [
     "CLOSE_SESSION_NOT_FOUND",
     "CLOSE_TRY_AGAIN_LATER",
     "MARK_EVERY_FRAMES",
-    "MAX_AUDIO_FRAME_S",
     "MAX_MESSAGE_BYTES",
     "MAX_PENDING_REQUESTS",
     "OUTBOUND_BUDGET_BYTES",
@@ -109,8 +109,6 @@ log = logging.getLogger("voicegrid.gateway")
 SESSIONS_PATH = "/v1/sessions"
 #: Largest message a caller may send (websockets closes with 1009 beyond it).
 MAX_MESSAGE_BYTES = 256 * 1024
-#: Largest audio frame, in seconds of the session's input format (longer ones are rejected).
-MAX_AUDIO_FRAME_S = 1.0
 #: Bytes queued for one caller at most; a caller that does not read beyond it is closed (1008).
 #: It holds an attach's whole backlog: a full output stream (``OUTPUT_MAXLEN`` ~ 500 entries, about
 #: 10 s of 24 kHz PCM16 in 20 ms frames) arrives in one read.
@@ -356,6 +354,7 @@ def _error_code(exc: BaseException) -> str:
     for cls, code in (
         (UnsupportedCapability, "unsupported"),
         (AudioFormatError, "invalid_audio"),
+        (EntryTooLarge, "too_large"),
         (InvalidSessionId, "invalid_session_id"),
         (ConfigError, "invalid_config"),
         (NotConnectedError, "not_connected"),
@@ -494,21 +493,14 @@ class CallerConnection:
             GATEWAY_REJECTED.labels("invalid_audio").inc()
             self._reply_error(None, self._not_live("audio"))
             return
-        fmt = client.config.input_audio
-        limit = int(fmt.bytes_per_second * MAX_AUDIO_FRAME_S)
         problem: Rejected | None = None
         if not frame:
             problem = Rejected("invalid_audio", "empty audio frame; send at least one sample")
-        elif len(frame) > limit:
-            problem = Rejected(
-                "audio_frame_too_large",
-                f"audio frame of {len(frame)} bytes ({fmt.duration_ms(len(frame)):.0f} ms) "
-                f"exceeds {limit} bytes ({MAX_AUDIO_FRAME_S:g} s of {fmt.encoding} at "
-                f"{fmt.sample_rate} Hz); send frames of 10-100 ms",
-            )
-        if problem is None:
+        else:
             try:
-                client.send_audio(frame)
+                client.send_audio(frame)  # the size limit is the client's (VOICEGRID_MAX_*)
+            except EntryTooLarge as exc:
+                problem = Rejected("audio_frame_too_large", _error_text(exc))
             except VoicegridError as exc:
                 problem = Rejected(_error_code(exc), _error_text(exc))
         if problem is not None:

@@ -33,8 +33,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from . import errors as _errors
-from .config import RealtimeSessionConfigUpdate, RealtimeToolResponse
-from .errors import StreamEntryError, VoicegridError
+from .config import AudioFormat, RealtimeSessionConfigUpdate, RealtimeToolResponse
+from .errors import EntryTooLarge, StreamEntryError, VoicegridError
 from .events import EVENT_MODELS, AudioEvent
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Command",
     "CommandEntry",
     "DisconnectCommand",
+    "EntryLimits",
     "EventEntry",
     "Fields",
     "PingCommand",
@@ -132,6 +133,59 @@ def entry_id_key(entry_id: bytes | str) -> tuple[int, int]:
         f"stream entry id {shown!r} is invalid; expected '<ms>-<seq>': two whole numbers in ASCII "
         f"digits, each at most {STREAM_ID_PART_MAX}"
     )
+
+
+# --- size limits -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryLimits:
+    """How large one input entry may be; checked by the ingress before it writes (raising
+    ``EntryTooLarge``) and by the worker before it forwards (an ``error`` event, the entry
+    dropped, the session goes on). The defaults keep every provider event far below OpenAI's
+    documented 15 MiB per client event; ``VOICEGRID_MAX_*`` (docs/operations.md) change them.
+    """
+
+    #: audio per entry, in milliseconds of the session's input format
+    audio_ms: int = 1000
+    #: the JSON body (``b``) of one command: a config update, tool results, an instruction
+    command_bytes: int = 1024 * 1024
+    #: the JSON of one tool result's ``output``
+    tool_output_bytes: int = 256 * 1024
+
+    def audio_bytes(self, fmt: AudioFormat) -> int:
+        """The largest audio entry in ``fmt``, in bytes (whole samples)."""
+        nbytes = fmt.bytes_per_second * self.audio_ms // 1000
+        return nbytes - nbytes % fmt.bytes_per_sample
+
+    def check_audio(self, nbytes: int, fmt: AudioFormat) -> None:
+        """``EntryTooLarge`` if ``nbytes`` of audio in ``fmt`` are over the limit."""
+        limit = self.audio_bytes(fmt)
+        if nbytes > limit:
+            raise EntryTooLarge(
+                f"audio frame of {nbytes} bytes ({fmt.duration_ms(nbytes):.0f} ms) is over the "
+                f"limit of {limit} bytes ({self.audio_ms / 1000:g} s of {fmt.encoding} at "
+                f"{fmt.sample_rate} Hz), set by VOICEGRID_MAX_AUDIO_ENTRY_MS; send frames of "
+                "10-100 ms"
+            )
+
+    def check_command(self, kind: str, nbytes: int) -> None:
+        """``EntryTooLarge`` if a ``kind`` command body of ``nbytes`` is over the limit."""
+        if nbytes > self.command_bytes:
+            raise EntryTooLarge(
+                f"{kind} command of {nbytes} bytes of JSON is over the limit of "
+                f"{self.command_bytes} bytes (VOICEGRID_MAX_COMMAND_BYTES)"
+            )
+
+    def check_tool_output(self, response: RealtimeToolResponse) -> None:
+        """``EntryTooLarge`` if the JSON of ``response.output`` is over the limit."""
+        nbytes = len(orjson.dumps(response.output))
+        if nbytes > self.tool_output_bytes:
+            raise EntryTooLarge(
+                f"tool output for call {response.call_id[:64]!r} of {nbytes} bytes of JSON is "
+                f"over the limit of {self.tool_output_bytes} bytes "
+                "(VOICEGRID_MAX_TOOL_OUTPUT_BYTES)"
+            )
 
 
 # --- commands --------------------------------------------------------------------------------

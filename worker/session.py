@@ -37,6 +37,7 @@ from protocol import (
     ProviderError,
     RealtimeAudioClient,
     RealtimeSessionConfig,
+    RealtimeToolResponse,
     ResponseDoneEvent,
     ToolCallCancelledEvent,
     ToolCallEvent,
@@ -45,7 +46,7 @@ from protocol import (
     parse_config,
 )
 from protocol.backoff import Backoff
-from protocol.errors import ConfigError, StreamEntryError, UsageError
+from protocol.errors import ConfigError, EntryTooLarge, StreamEntryError, UsageError
 from protocol.events import EVENT_NAMES
 from protocol.keys import SessionKeys
 from protocol.streams import (
@@ -185,6 +186,8 @@ class SessionRunner:
         self.end_reason: EndReason = "closed"
         self.client: RealtimeAudioClient | None = None
         self.config = parse_config(record.config)
+        self._limits = runtime.settings.limits
+        self._max_audio_bytes = self._limits.audio_bytes(self.config.input_audio)
         self.conversation = ConversationLog(record.conversation)
         self.strategy: Literal["resumed", "replayed"] | None = None
         # True when the provider client could not restore its session (the worker replayed
@@ -466,6 +469,12 @@ class SessionRunner:
         self._last_key = key
         self.last_id = entry_id
         self._handed.append((time.monotonic(), entry_id))
+        body = fields.get(b"b")
+        if body is not None and len(body) > self._limits.command_bytes:
+            # refused before it is even parsed: never forwarded, the session goes on
+            kind = fields.get(b"c", b"?")[:40].decode("ascii", "replace")
+            self._refuse_large(entry_id, lambda: self._limits.check_command(kind, len(body)))
+            return None
         try:
             entry = decode_input(fields)
         except StreamEntryError as exc:
@@ -486,9 +495,28 @@ class SessionRunner:
             self._command(entry_id, entry.command)
         return None
 
+    def _refuse_large(self, entry_id: str, check: Any) -> None:
+        """``check()`` raised ``EntryTooLarge``: answer with an ``error`` event, forward nothing."""
+        try:
+            check()
+        except EntryTooLarge as exc:
+            MALFORMED_ENTRIES.labels("too_large").inc()
+            self._emit(
+                "error",
+                ErrorEvent(
+                    code="entry_too_large",
+                    message=f"input entry {entry_id}: {exc}",
+                    recoverable=True,
+                ),
+            )
+
     def _send_audio(self, entry_id: str, entry: AudioEntry) -> float | None:
         """Relay one caller frame; its audio seconds, or None when the client rejected it."""
         assert self.client is not None
+        if len(entry.data) > self._max_audio_bytes:
+            fmt = self.config.input_audio
+            self._refuse_large(entry_id, lambda: self._limits.check_audio(len(entry.data), fmt))
+            return None
         try:
             self.client.send_audio(entry.data)
         except VoicegridError as exc:
@@ -508,24 +536,7 @@ class SessionRunner:
         client = self.client
         try:
             if isinstance(command, ToolResponseCommand):
-                now = time.perf_counter()
-                cancelled = self.conversation.cancelled_calls()
-                responses = []
-                for response in command.responses:
-                    if response.call_id in cancelled:
-                        # the provider session no longer knows the call (tool-call-cancelled
-                        # was published): sending the result would be an error there
-                        log.warning(
-                            "session %s: dropped the late result of cancelled tool call %s",
-                            self.session_id,
-                            response.call_id,
-                        )
-                        continue
-                    responses.append(response)
-                    started = self._tool_calls.pop(response.call_id, None)
-                    if started is not None:
-                        TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
-                    self.conversation.add_tool_result(response.call_id, response.output)
+                responses = self._accepted_tool_responses(entry_id, command)
                 if responses:
                     client.send_tool_response(responses)
             elif isinstance(command, RequestResponseCommand):
@@ -544,6 +555,58 @@ class SessionRunner:
         if self.conversation.changed:
             self._record_updates[StateField.CONVERSATION] = self.conversation.dumps()
         self.runtime.writer.mark(self)
+
+    def _accepted_tool_responses(
+        self, entry_id: str, command: ToolResponseCommand
+    ) -> list[RealtimeToolResponse]:
+        """The results of ``command`` the provider may get: each for a call this session issued
+        and nobody answered yet, within the size limit. Each refused one is an ``error`` event
+        (a provider rejects a result for a call it does not know, and may end the session); a
+        late result for a cancelled call is dropped and logged."""
+        now = time.perf_counter()
+        cancelled = self.conversation.cancelled_calls()
+        # the log is bounded (its oldest items go first); the calls issued on this owner are
+        # also in _tool_calls until answered
+        pending = set(self.conversation.pending_calls()) | set(self._tool_calls)
+        accepted = []
+        for response in command.responses:
+            call_id = response.call_id
+            if call_id in cancelled:
+                # the provider session no longer knows the call (tool-call-cancelled was
+                # published): sending the result would be an error there
+                log.warning(
+                    "session %s: dropped the late result of cancelled tool call %s",
+                    self.session_id,
+                    call_id,
+                )
+                continue
+            if call_id not in pending:
+                MALFORMED_ENTRIES.labels("tool_call").inc()
+                self._emit(
+                    "error",
+                    ErrorEvent(
+                        code="unknown_tool_call",
+                        message=(
+                            f"input entry {entry_id}: tool result for call {call_id[:64]!r} "
+                            "refused: the session has no pending tool call with that id (never "
+                            "issued, or already answered); it was not sent"
+                        ),
+                        recoverable=True,
+                    ),
+                )
+                continue
+            try:
+                self._limits.check_tool_output(response)
+            except EntryTooLarge:
+                self._refuse_large(entry_id, lambda r=response: self._limits.check_tool_output(r))
+                continue
+            pending.discard(call_id)  # a second result for it, even in this command, is refused
+            accepted.append(response)
+            started = self._tool_calls.pop(call_id, None)
+            if started is not None:
+                TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
+            self.conversation.add_tool_result(call_id, response.output)
+        return accepted
 
     async def _ping(self, entry_id: str) -> None:
         assert self.client is not None

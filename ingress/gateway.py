@@ -74,6 +74,7 @@ from protocol import (
 from protocol.events import EVENT_NAMES
 from protocol.keys import Keys, validate_session_id
 from protocol.streams import decode_record, entry_id_key
+from providers import check_options
 from providers.transport import NoDebugLogger
 from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
 from redisio.http import HealthServer
@@ -595,6 +596,9 @@ class CallerConnection:
         gateway = self.gateway
         try:
             config = parse_config(message.config)
+            check_options(
+                message.provider, message.options, allowed=gateway.settings.caller_options
+            )
             client = RedisRealtimeClient(
                 gateway.settings.redis_url,
                 provider=message.provider,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from protocol.errors import ConfigError
 from protocol.keys import validate_namespace
+from protocol.options import OptionRule, parse_caller_options
 from protocol.streams import EntryLimits
 
 __all__ = [
@@ -73,6 +74,12 @@ COMMON_ENVIRONMENT: EnvTable = {
     "VOICEGRID_DRAIN_TIMEOUT_S": (
         str(DRAIN_TIMEOUT_S),
         "on SIGTERM: seconds to hand sessions (or callers) over before exiting",
+    ),
+    "VOICEGRID_CALLER_OPTIONS": (
+        "",
+        "provider options a session's caller may set, with bounds, replacing each provider's "
+        "defaults: comma-separated name:text[:MAXCHARS], name:flag, name:int:LOW..HIGH or "
+        "name:number:LOW..HIGH; none: no option at all (gateway and worker)",
     ),
     "VOICEGRID_MAX_AUDIO_ENTRY_MS": (
         str(_LIMITS.audio_ms),
@@ -176,6 +183,8 @@ class CommonSettings:
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     batch_linger_s: float = 0.005
     limits: EntryLimits = dataclasses.field(default_factory=EntryLimits)
+    #: the provider options callers may set (``None``: each provider's defaults)
+    caller_options: dict[str, OptionRule] | None = None
 
     @property
     def redis_url_redacted(self) -> str:
@@ -208,6 +217,7 @@ class CommonSettings:
             "drain_timeout_s": env_float(env, table, "VOICEGRID_DRAIN_TIMEOUT_S", 0.0, 3600.0),
             "batch_linger_s": batch_linger_s(env),
             "limits": entry_limits(env),
+            "caller_options": parse_caller_options(_raw(env, table, "VOICEGRID_CALLER_OPTIONS")),
         }
 
     @classmethod

@@ -67,7 +67,7 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
-from providers import create_client
+from providers import check_options, create_client
 from redisio.lease import Lease, WriteMode
 from redisio.metrics import (
     AUDIO_SECONDS,
@@ -186,6 +186,9 @@ class SessionRunner:
         self.end_reason: EndReason = "closed"
         self.client: RealtimeAudioClient | None = None
         self.config = parse_config(record.config)
+        # which provider options a caller may set is the operator's decision (bounded): a
+        # record from any producer is held to it
+        check_options(self.provider, record.options, allowed=runtime.settings.caller_options)
         self._limits = runtime.settings.limits
         self._max_audio_bytes = self._limits.audio_bytes(self.config.input_audio)
         self.conversation = ConversationLog(record.conversation)

@@ -131,3 +131,17 @@ async def test_starts_count_epochs_and_going_live_resets_them(
         while await redis.hget(state, "starts") != b"0":  # noqa: ASYNC110 - reset with 'live'
             await asyncio.sleep(0.02)
     assert await redis.hget(state, "status") == b"live"
+
+
+async def test_provider_options_a_caller_may_not_set_close_the_session_with_the_reason(
+    start_worker: Any, make_client: Any
+) -> None:
+    await start_worker()
+    client = make_client(tag="steer", recycle_after_s=0.01)  # the ingress trusts its app ...
+    try:
+        await client.connect({})
+    except Exception as exc:  # ... the worker holds every record to the allow-list
+        assert "'recycle_after_s' is not one a caller may set" in str(exc)
+    else:
+        raise AssertionError("a provider option outside the allow-list was accepted")
+    assert not client.connected

@@ -140,7 +140,7 @@ class IngressHub:
         self._writer = IngressWriter(redis, self._reader.health, linger_s=linger)
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
-        self._clients: set[RedisRealtimeClient] = set()
+        self._clients: dict[str, RedisRealtimeClient] = {}  # output stream -> its follower
         self._ensure_input = redis.register_script(_ENSURE_INPUT)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -173,14 +173,17 @@ class IngressHub:
     # --- reading -------------------------------------------------------------------------------
 
     async def follow(self, stream: str, after: str, client: RedisRealtimeClient) -> None:
-        self._clients.add(client)
+        self._clients[stream] = client
         await self._reader.add(
             stream, after=after, consumer=client._on_output, on_error=client._on_stream_error
         )
 
     def unfollow(self, stream: str, client: RedisRealtimeClient) -> None:
-        self._clients.discard(client)
-        self._reader.remove(stream)
+        """``client`` stops following ``stream``; a no-op if another client follows it now (a
+        refused connect with a live session's id must not cut that session's follower off)."""
+        if self._clients.get(stream) is client:
+            del self._clients[stream]
+            self._reader.remove(stream)
 
     # --- is the session still there? -------------------------------------------------------
 
@@ -189,7 +192,7 @@ class IngressHub:
         epoch, so callers learn when their session is gone (see :data:`SESSION_LOST`)."""
         while True:
             await asyncio.sleep(SESSION_CHECK_S)
-            clients = [c for c in self._clients if c.connected and c._keys is not None]
+            clients = [c for c in self._clients.values() if c.connected and c._keys is not None]
             if not clients:
                 continue
             try:

@@ -130,6 +130,8 @@ PING_INTERVAL_S = 20.0
 INBOUND_QUEUE = 8
 #: Largest ``skip`` an attach may ask for (it counts audio frames after ``after``).
 MAX_SKIP = 1_000_000
+#: Longest string ``id`` a caller message may carry (echoed in its reply).
+MAX_ID_CHARS = 128
 
 #: Close code: the session ended (``closed`` event or ``session.end``).
 CLOSE_SESSION_ENDED = 1000
@@ -158,7 +160,7 @@ _INGRESS_PARAMETERS = frozenset(
 class _CallerMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: Annotated[StrictStr, Field(max_length=128)] | StrictInt | None = None
+    id: Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)] | StrictInt | None = None
 
 
 class SessionStart(_CallerMessage):
@@ -239,7 +241,14 @@ def parse_caller_message(text: str | bytes) -> CallerMessage:
             f"message must be a JSON object with a 'type', got a JSON {type(raw).__name__}",
         )
     raw_id = raw.get("id")
-    message_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    # echoed in the reply only when valid (at most 128 characters, or an integer): a refusal
+    # never sends a caller's 10 KB id back
+    message_id = (
+        raw_id
+        if (isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS)
+        or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
+        else None
+    )
     kind = raw.get("type")
     model = _MESSAGE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -468,10 +477,16 @@ class CallerConnection:
         try:
             if self.route.session_id is not None and not await self._attach(self.route.session_id):
                 return
+            # one budget for the whole socket, not per message: a caller that keeps sending
+            # anything but a successful session.start (pings, say) is still closed in time.
+            # Only the time spent waiting for the caller counts (a session.start that then
+            # fails may have waited for a worker far longer)
+            budget = self.gateway.start_timeout_s
             while True:
                 if self.phase is _Phase.AWAITING_START:
+                    waited = time.monotonic()
                     try:
-                        async with asyncio.timeout(self.gateway.start_timeout_s):
+                        async with asyncio.timeout(max(0.0, budget)):
                             message = await self.ws.recv()
                     except TimeoutError:
                         GATEWAY_REJECTED.labels("start_timeout").inc()
@@ -479,6 +494,7 @@ class CallerConnection:
                             1008, f"no session.start within {self.gateway.start_timeout_s:g}s"
                         )
                         return
+                    budget -= time.monotonic() - waited
                 else:
                     message = await self.ws.recv()
                 if isinstance(message, bytes):
@@ -968,11 +984,9 @@ class Gateway:
     # --- connections ---------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Refuse an upgrade before it happens: draining, full, unauthorised or a bad path."""
-        if self.draining:
-            return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
-        if len(self.connections) >= self.max_connections:
-            return self._refuse(connection, 503, "full", "gateway is full; retry")
+        """Refuse an upgrade before it happens: unauthorised, a bad path, draining or full (in
+        that order: nothing about the gateway's state is told to a caller without the token,
+        and a request that can never succeed is not told to retry)."""
         if self._token and not self._authorized(request.headers.get("Authorization")):
             response = self._refuse(
                 connection, 401, "unauthorized", "send Authorization: Bearer <token>"
@@ -984,6 +998,10 @@ class Gateway:
         except BadRequest as exc:
             reason = "not_found" if exc.status == 404 else "bad_request"
             return self._refuse(connection, exc.status, reason, str(exc))
+        if self.draining:
+            return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
+        if len(self.connections) >= self.max_connections:
+            return self._refuse(connection, 503, "full", "gateway is full; retry")
         return None
 
     def _authorized(self, header: str | None) -> bool:

@@ -183,22 +183,26 @@ class WorkerRuntime:
         )
 
     async def drain(self) -> None:
-        """Stop taking sessions and hand every live one over (bounded by the drain timeout)."""
+        """Stop taking sessions and hand every live one over: all of it within the drain
+        timeout, whatever state Redis and the providers are in (a session still held then
+        lapses and is taken over, as after a crash)."""
         self.draining = True
         WORKER_DRAINING.set(1)
         self._apply_admission()
         runners = list(self.sessions.values())
         if runners:
             log.info("draining: handing %d sessions over", len(runners))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True),
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout_s):
+                await asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True)
+                async with self._ended:
+                    await self._ended.wait_for(lambda: not self.sessions)
+        except TimeoutError:
+            log.warning(
+                "drain timeout (%.1fs): %d sessions not handed over; they will be taken over",
                 self.settings.drain_timeout_s,
+                len(self.sessions),
             )
-            async with self._ended:
-                await asyncio.wait_for(
-                    self._ended.wait_for(lambda: not self.sessions), self.settings.drain_timeout_s
-                )
 
     async def close(self) -> None:
         """Stop every task and close the Redis client."""
@@ -594,13 +598,24 @@ async def run_worker(
     ``started`` is resolved with the runtime once the worker takes jobs.
     """
     runtime = WorkerRuntime(settings, redis=redis)
-    await runtime.start()
+    stop = asyncio.create_task(stop_event.wait())
+    # a signal is honoured in every state: also while Redis is unreachable at start-up (start
+    # retries loading the scripts forever)
+    starting = asyncio.create_task(runtime.start(), name="voicegrid-start")
+    await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stopped before Redis at %s answered", settings.redis_url_redacted)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        stop.cancel()
+        await runtime.close()
+        return
+    starting.result()
     worker = arq_worker(runtime)
     runtime.arq = worker
     runtime._apply_admission()  # overloaded already (a slow start): arq must not pull at all
     if started is not None and not started.done():
         started.set_result(runtime)
-    stop = asyncio.create_task(stop_event.wait())
     main: asyncio.Task[None] | None = None
     backoff = Backoff(first=0.1)
     try:
@@ -616,7 +631,7 @@ async def run_worker(
             # arq's poll loop dies on a connection error; sessions keep running, so restart it
             runtime.health.failed(error)
             log.warning("arq poll failed (%s); restarting it", type(error).__name__)
-            await backoff.wait()
+            await asyncio.wait({stop}, timeout=backoff.next_delay())
         await runtime.drain()
         # sessions that just ended may still be returning from their arq job: let them finish
         # so arq records a result instead of a cancellation

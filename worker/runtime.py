@@ -101,6 +101,9 @@ JOB_TIMEOUT_S = 6 * 3600
 POLL_DELAY_S = 0.05
 #: How often the trailing input cursors are saved.
 CHECKPOINT_INTERVAL_S = 0.1
+#: The reaper looks this long after the next lease deadline it knows of (the lease's PX starts
+#: when Redis runs the renewal, a little after the deadline was computed), and never more often.
+REAP_MARGIN_S = 0.02
 
 
 class WorkerRuntime:
@@ -138,6 +141,7 @@ class WorkerRuntime:
         self.lag = LoopLagMeter()
         self.admission = AdmissionGate(settings.max_loop_lag_s)
         self._ended = asyncio.Condition()
+        self._next_deadline_ms: int | None = None
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -457,9 +461,17 @@ class WorkerRuntime:
             self.loop_lagged(time.monotonic() - before)
 
     async def _reap_loop(self) -> None:
-        """Re-enqueue sessions whose lease expired (their owner died); runs on every worker."""
+        """Re-enqueue sessions whose lease expired (their owner died); runs on every worker.
+
+        A pass runs every 0.5-1 renewal interval, and also right after the next lease deadline
+        the previous pass saw in ``<ns>:live``: a dead owner's sessions are found within
+        :data:`REAP_MARGIN_S` of their lease expiring, not up to a whole interval later."""
         while True:
-            await asyncio.sleep(self.settings.lease_renew_s * random.uniform(0.5, 1.0))
+            delay = self.settings.lease_renew_s * random.uniform(0.5, 1.0)
+            if self._next_deadline_ms is not None:
+                due = self._next_deadline_ms / 1000 - time.time() + REAP_MARGIN_S
+                delay = max(REAP_MARGIN_S, min(delay, due))
+            await asyncio.sleep(delay)
             if self.draining:
                 continue
             try:
@@ -513,6 +525,12 @@ class WorkerRuntime:
                 log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
             else:
                 await self._unstick(sid, epoch)
+        # the next lease that will expire (one still in the future: those already past are
+        # being taken over, or wait in the queue, and are looked at every interval)
+        upcoming = await self.redis.zrangebyscore(
+            self.keys.live, now_ms + 1, "+inf", start=0, num=1, withscores=True
+        )
+        self._next_deadline_ms = int(upcoming[0][1]) if upcoming else None
         REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
         return enqueued
 

@@ -104,6 +104,11 @@ CHECKPOINT_INTERVAL_S = 0.1
 #: The reaper looks this long after the next lease deadline it knows of (the lease's PX starts
 #: when Redis runs the renewal, a little after the deadline was computed), and never more often.
 REAP_MARGIN_S = 0.02
+#: Each step of closing a worker (cancelled tasks unwinding, closing Redis) waits at most this;
+#: the drain leaves :data:`CLOSE_RESERVE_S` of its budget for them, so a worker exits within
+#: ``VOICEGRID_DRAIN_TIMEOUT_S`` whatever Redis and the providers do.
+CLOSE_STEP_S = 0.5
+CLOSE_RESERVE_S = 4 * CLOSE_STEP_S
 
 
 class WorkerRuntime:
@@ -196,27 +201,44 @@ class WorkerRuntime:
         runners = list(self.sessions.values())
         if runners:
             log.info("draining: handing %d sessions over", len(runners))
+        budget = max(CLOSE_STEP_S, self.settings.drain_timeout_s - CLOSE_RESERVE_S)
         try:
-            async with asyncio.timeout(self.settings.drain_timeout_s):
+            async with asyncio.timeout(budget):
                 await asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True)
                 async with self._ended:
                     await self._ended.wait_for(lambda: not self.sessions)
         except TimeoutError:
             log.warning(
                 "drain timeout (%.1fs): %d sessions not handed over; they will be taken over",
-                self.settings.drain_timeout_s,
+                budget,
                 len(self.sessions),
             )
 
-    async def close(self) -> None:
-        """Stop every task and close the Redis client."""
-        for task in self._tasks + list(self._background):
+    async def close(self, *others: asyncio.Task[Any]) -> None:
+        """Stop every task (and ``others``) and close the Redis client, in bounded time: a task
+        cancelled while it waits on a frozen Redis (say, redis-py sending UNWATCH as it unwinds
+        a transaction) is unblocked by closing the connections under it."""
+        tasks = [*self._tasks, *self._background, *others]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_STEP_S)
+            if stuck:
+                log.warning("%d tasks wait on Redis; closing its connections", len(stuck))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        self.redis.connection_pool.disconnect(inuse_connections=True),
+                        CLOSE_STEP_S,
+                    )
+                await asyncio.wait(stuck, timeout=CLOSE_STEP_S)
+            for task in tasks:  # what they died of was logged; do not report it again at exit
+                if task.done() and not task.cancelled():
+                    task.exception()
         if self.http is not None:
             await self.http.stop()
         if self._own_redis:
-            await self.redis.aclose(close_connection_pool=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.redis.aclose(close_connection_pool=True), CLOSE_STEP_S)
 
     @property
     def ready(self) -> bool:
@@ -652,17 +674,10 @@ async def run_worker(
             await asyncio.wait({stop}, timeout=backoff.next_delay())
         await runtime.drain()
         # sessions that just ended may still be returning from their arq job: let them finish
-        # so arq records a result instead of a cancellation
-        if worker.tasks:
-            await asyncio.wait(list(worker.tasks.values()), timeout=1.0)
+        # so arq records a result instead of a cancellation (not after a drain that timed out)
+        if worker.tasks and not runtime.sessions:
+            await asyncio.wait(list(worker.tasks.values()), timeout=CLOSE_STEP_S)
     finally:
         stop.cancel()
         worker.allow_pick_jobs = False
-        if main is not None:
-            main.cancel()
-        for task in list(worker.tasks.values()):
-            task.cancel()
-        await asyncio.gather(
-            *([main] if main is not None else []), *worker.tasks.values(), return_exceptions=True
-        )
-        await runtime.close()
+        await runtime.close(*([main] if main is not None else []), *worker.tasks.values())

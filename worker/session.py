@@ -316,7 +316,9 @@ class SessionRunner:
         self._record_updates[StateField.HANDOFF] = b"0"
         self._record_updates[StateField.STARTS] = b"0"  # it got going: the reaper may retry it
         self.runtime.writer.mark(self)
-        await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
+        await self.runtime.reader.add(
+            self.keys.input, after=self.last_id, consumer=self.feed, on_error=self._input_rejected
+        )
         if self._handoff_requested:
             await self.hand_off()
 
@@ -421,6 +423,23 @@ class SessionRunner:
         if self.client is not None:
             await self._quiet_disconnect()
         self._ended.set()
+
+    def _input_rejected(self, exc: Exception) -> None:
+        """Redis refuses to read this session's input stream (the key holds another type): the
+        session cannot go on; the worker's other sessions are not affected."""
+        if self.phase is not Phase.LIVE:
+            return
+        message = f"session {self.session_id}: Redis rejects reading its input stream: {exc}"
+        log.error("%s; closing the session", message)
+        self._emit("error", ErrorEvent(code="input_rejected", message=message, recoverable=False))
+        self._emit_closed(ConnectionEvent(reason="input_rejected"))
+        self.end_reason = "error"
+        self._to(Phase.CLOSING)
+        self._spawn(self._close_now())
+
+    async def _close_now(self) -> None:
+        await self._quiet_disconnect()
+        await self._finish("close")
 
     def lease_renewed(self) -> None:
         """A renewal succeeded: entries held while the lease was unconfirmed go through."""

@@ -491,24 +491,17 @@ class SessionRunner:
         self._last_key = key
         self.last_id = entry_id
         self._handed.append((time.monotonic(), entry_id))
-        body = fields.get(b"b")
-        if body is not None and len(body) > self._limits.command_bytes:
-            # refused before it is even parsed: never forwarded, the session goes on
-            kind = fields.get(b"c", b"?")[:40].decode("ascii", "replace")
-            self._refuse_large(entry_id, lambda: self._limits.check_command(kind, len(body)))
-            return None
         try:
+            body = fields.get(b"b")
+            if body is not None:  # refused before it is even parsed
+                kind = fields.get(b"c", b"?")[:40].decode("ascii", "replace")
+                self._limits.check_command(kind, len(body))
             entry = decode_input(fields)
+        except EntryTooLarge as exc:
+            self._refuse(entry_id, "too_large", "entry_too_large", exc)
+            return None
         except StreamEntryError as exc:
-            MALFORMED_ENTRIES.labels("input").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="malformed_entry",
-                    message=f"input entry {entry_id}: {exc}",
-                    recoverable=True,
-                ),
-            )
+            self._refuse(entry_id, "input", "malformed_entry", exc)
             return None
         if isinstance(entry, AudioEntry):
             return self._send_audio(entry_id, entry)
@@ -517,38 +510,26 @@ class SessionRunner:
             self._command(entry_id, entry.command)
         return None
 
-    def _refuse_large(self, entry_id: str, check: Any) -> None:
-        """``check()`` raised ``EntryTooLarge``: answer with an ``error`` event, forward nothing."""
-        try:
-            check()
-        except EntryTooLarge as exc:
-            MALFORMED_ENTRIES.labels("too_large").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="entry_too_large",
-                    message=f"input entry {entry_id}: {exc}",
-                    recoverable=True,
-                ),
-            )
+    def _refuse(self, entry_id: str, kind: str, code: str, problem: object) -> None:
+        """An input entry (or part of one) is refused: a recoverable ``error`` event naming the
+        entry and why, counted by ``kind``; nothing of it is forwarded, the session goes on."""
+        MALFORMED_ENTRIES.labels(kind).inc()
+        message = f"input entry {entry_id}: {problem}"
+        self._emit("error", ErrorEvent(code=code, message=message, recoverable=True))
 
     def _send_audio(self, entry_id: str, entry: AudioEntry) -> float | None:
         """Relay one caller frame; its audio seconds, or None when the client rejected it."""
         assert self.client is not None
         if len(entry.data) > self._max_audio_bytes:
-            fmt = self.config.input_audio
-            self._refuse_large(entry_id, lambda: self._limits.check_audio(len(entry.data), fmt))
-            return None
+            try:
+                self._limits.check_audio(len(entry.data), self.config.input_audio)
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
+                return None
         try:
             self.client.send_audio(entry.data)
         except VoicegridError as exc:
-            MALFORMED_ENTRIES.labels("audio").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="invalid_audio", message=f"input entry {entry_id}: {exc}", recoverable=True
-                ),
-            )
+            self._refuse(entry_id, "audio", "invalid_audio", exc)
             return None
         INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
         return len(entry.data) / self.config.input_audio.bytes_per_second
@@ -603,24 +584,18 @@ class SessionRunner:
                 )
                 continue
             if call_id not in pending:
-                MALFORMED_ENTRIES.labels("tool_call").inc()
-                self._emit(
-                    "error",
-                    ErrorEvent(
-                        code="unknown_tool_call",
-                        message=(
-                            f"input entry {entry_id}: tool result for call {call_id[:64]!r} "
-                            "refused: the session has no pending tool call with that id (never "
-                            "issued, or already answered); it was not sent"
-                        ),
-                        recoverable=True,
-                    ),
+                self._refuse(
+                    entry_id,
+                    "tool_call",
+                    "unknown_tool_call",
+                    f"tool result for call {call_id[:64]!r} refused: the session has no pending "
+                    "tool call with that id (never issued, or already answered); it was not sent",
                 )
                 continue
             try:
                 self._limits.check_tool_output(response)
-            except EntryTooLarge:
-                self._refuse_large(entry_id, lambda r=response: self._limits.check_tool_output(r))
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
                 continue
             pending.discard(call_id)  # a second result for it, even in this command, is refused
             accepted.append(response)

@@ -23,15 +23,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from ingress import RedisRealtimeClient
+from protocol import AudioFormat, RealtimeSessionConfig
+from providers.simulator import SimScript
 from providers.simulator.base import BaseSimulator
 
-from .conftest import FRAME_BYTES, TIME_SCALE, free_port
+from .conftest import FRAME_BYTES, TIME_SCALE, Timeline, caller_frame, free_port
 
 #: Sequence-numbered caller frames start with this marker plus the caller's index.
 MARKER_BASE = 200
+#: The session every fault test runs: 24 kHz PCM16 both ways (forwarded byte for byte).
+CONFIG = RealtimeSessionConfig(
+    instructions="You are a helpful agent.",
+    input_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
+    output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
+)
+#: A model that answers each turn quickly, without tool calls.
+SCRIPT = SimScript(reply_text="Sure.", speed=4.0, tool_call=None)
 
 _LEDGER: dict[str, dict[str, Any]] = {}
 
@@ -66,18 +78,55 @@ def fault_ledger(
     _LEDGER.clear()
 
 
+def json_values(*, max_size: int = 4, max_leaves: int = 10) -> st.SearchStrategy[Any]:
+    """Any JSON value (integers within 64 bits, as orjson takes them)."""
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**63 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=max_size)
+            | st.dictionaries(st.text(max_size=8), inner, max_size=max_size)
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+def draw(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
+    """``count`` values drawn by hypothesis, to throw at something live afterwards (a live
+    session cannot run inside hypothesis' synchronous test loop)."""
+    found: list[Any] = []
+
+    @settings(
+        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(strategy)
+    def collect(value: Any) -> None:
+        found.append(value)
+
+    collect()
+    return found
+
+
+async def write_entries(redis_url: str, stream: str, entries: list[dict[str, Any]]) -> None:
+    """Append ``entries`` to ``stream`` as any producer could."""
+    redis = Redis.from_url(redis_url)
+    try:
+        for entry in entries:
+            await redis.xadd(stream, entry)
+    finally:
+        await redis.aclose()
+
+
 # --- sequence-numbered callers --------------------------------------------------------------
 
 
 def numbered_frame(marker: int, seq: int, *, speech: bool) -> bytes:
-    """A 20 ms 24 kHz PCM16 frame whose first two samples are ``marker`` and ``seq``."""
-    samples = FRAME_BYTES // 2 - 2
-    body = (
-        b"".join(struct.pack("<h", 6000 if (i // 12) % 2 else -6000) for i in range(samples))
-        if speech
-        else b"\x00\x00" * samples
-    )
-    return struct.pack("<hh", marker, seq) + body
+    """The runtime tests' caller frame (20 ms of 24 kHz PCM16 carrying ``seq``) with this
+    caller's ``marker`` as its first sample, so the callers of one simulator are told apart."""
+    return struct.pack("<h", marker) + caller_frame(seq, speech=speech)[2:]
 
 
 def arrivals(sim: BaseSimulator) -> dict[int, list[int]]:
@@ -113,25 +162,34 @@ def tally(seqs: list[int], sent: int) -> dict[str, int]:
     }
 
 
-class Talker:
-    """A caller sending numbered frames in real time (1 s of speech, 0.6 s of silence)."""
+class Talker(Timeline):
+    """A caller sending numbered frames in real time (1 s of speech, 0.6 s of silence); its
+    events are timed as a ``Timeline``'s."""
 
     def __init__(self, client: RedisRealtimeClient, index: int) -> None:
+        super().__init__(client)
         self.client = client
         self.marker = MARKER_BASE + index
         self.sent = 0
-        self.events: list[tuple[float, str, Any]] = []
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        for name in ("audio", "reconnecting", "reconnected", "closed", "error"):
-            client.on(name, self._handler(name))
 
-    def _handler(self, name: str) -> Any:
-        def handle(payload: Any) -> None:
-            self.events.append((time.monotonic(), name, payload))
-            self._changed.set()
-
-        return handle
+    @classmethod
+    async def connected(
+        cls, redis_url: str, namespace: str, index: int, *, talking: bool = True
+    ) -> Talker:
+        """A new session's caller, connected (and talking unless ``talking`` is false)."""
+        client = RedisRealtimeClient(
+            redis_url,
+            provider="openai",
+            model="gpt-realtime",
+            namespace=namespace,
+            connect_timeout_s=20 * TIME_SCALE,
+        )
+        talker = cls(client, index)
+        await client.connect(CONFIG)
+        if talking:
+            talker.start()
+        return talker
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._play())
@@ -150,21 +208,12 @@ class Talker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def first(self, name: str, after: float = 0.0) -> tuple[float, Any] | None:
-        for at, event, payload in self.events:
-            if event == name and at >= after:
-                return at, payload
-        return None
-
     def of(self, name: str) -> list[Any]:
         return [payload for _, event, payload in self.events if event == name]
 
-    async def wait(self, name: str, *, after: float = 0.0, within: float = 10.0) -> float:
-        async with asyncio.timeout(within * TIME_SCALE):
-            while (found := self.first(name, after)) is None:
-                self._changed.clear()
-                await self._changed.wait()
-        return found[0]
+    async def at(self, name: str, *, after: float = 0.0, within: float = 10.0) -> float:
+        """When event ``name`` arrived (the first after ``after``), waiting for it."""
+        return (await self.wait(name, after=after, within=within * TIME_SCALE))[0]
 
 
 async def all_arrived(sim: BaseSimulator, talkers: list[Talker], within: float = 10.0) -> None:
@@ -176,6 +225,21 @@ async def all_arrived(sim: BaseSimulator, talkers: list[Talker], within: float =
 
     with contextlib.suppress(Exception):
         await sim.wait_for(done, timeout=within * TIME_SCALE)
+
+
+async def finish(sim: BaseSimulator, talkers: list[Talker], within: float = 10.0) -> dict[str, int]:
+    """Stop talking, wait for the last frames, add up what the provider received (lost,
+    duplicated, reordered), and detach the callers."""
+    for talker in talkers:
+        await talker.stop()
+    await all_arrived(sim, talkers, within)
+    got = arrivals(sim)
+    totals = {"sent": 0, "lost": 0, "duplicated": 0, "reordered": 0}
+    for talker in talkers:
+        for key, value in tally(got.get(talker.marker, []), talker.sent).items():
+            totals[key] += value
+        await talker.client.detach()
+    return totals
 
 
 def summary(values: list[float]) -> dict[str, float]:

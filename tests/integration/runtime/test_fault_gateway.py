@@ -16,21 +16,19 @@ from urllib.parse import quote
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ingress.gateway import Gateway
 from ingress.settings import GatewaySettings
-from providers.simulator import OpenAISimulator, SimScript
+from providers.simulator import OpenAISimulator
 
 from .conftest import TIME_SCALE
-from .faultkit import fault_ledger, numbered_frame, record  # noqa: F401 - autouse fixture
+from .faultkit import SCRIPT, draw, fault_ledger, json_values, numbered_frame, record  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
-SCRIPT = SimScript(reply_text="Sure.", speed=4.0, tool_call=None)
 QUERIES = 120
 MESSAGES = 200
 
@@ -42,13 +40,7 @@ _value = st.one_of(
 _queries = st.lists(
     st.tuples(st.sampled_from(["after", "skip", "x", "after", "skip"]), _value), max_size=3
 ).map(lambda pairs: "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs))
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
+_json = json_values(max_size=3)
 _messages = st.one_of(
     st.fixed_dictionaries(
         {
@@ -68,20 +60,6 @@ _messages = st.one_of(
     st.binary(max_size=2000),  # audio of any length (and not JSON)
     st.text(max_size=100),  # text that is rarely JSON
 )
-
-
-def drawn(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
-    found: list[Any] = []
-
-    @settings(
-        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(strategy)
-    def collect(value: Any) -> None:
-        found.append(value)
-
-    collect()
-    return found
 
 
 class Listener:
@@ -109,9 +87,9 @@ async def test_hostile_callers_never_harm_a_live_session_on_the_same_gateway(
         "after=99999999999999999999-0",
         "after=%D9%A1-%D9%A1",
         "after=1-0&skip=%C2%B2",
-        *drawn(_queries, QUERIES),
+        *draw(_queries, QUERIES),
     ]
-    messages = drawn(_messages, MESSAGES)
+    messages = draw(_messages, MESSAGES)
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
         worker = workers("a", sim.url)
         await worker.wait_ready()

@@ -14,46 +14,31 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from ingress import RedisRealtimeClient
-from protocol import AudioFormat, RealtimeSessionConfig
 from protocol.keys import Keys
 from protocol.streams import EntryLimits
-from providers.simulator import OpenAISimulator, SimScript
+from providers.simulator import OpenAISimulator
 
 from .conftest import TIME_SCALE
-from .faultkit import (  # noqa: F401 - fault_ledger is an autouse fixture
+from .faultkit import (
+    SCRIPT,
     Talker,
-    fault_ledger,
+    draw,
+    json_values,
     numbered_frame,
     record,
+    write_entries,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CONFIG = RealtimeSessionConfig(
-    instructions="You are a helpful agent.",
-    input_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-    output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-)
-SCRIPT = SimScript(reply_text="Sure.", speed=4.0, tool_call=None)
 #: Malformed entries generated per run (CI budget: each is one XADD and at most one event).
 EXAMPLES = 150
 
-_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+_json = json_values(max_leaves=12)
 _commands = st.sampled_from(
     ["tool_response", "update_config", "request_response", "ping", "nonsense", "", "Ping"]
 )
@@ -85,37 +70,8 @@ _entries = st.one_of(
 )
 
 
-def generated_entries(count: int) -> list[dict[str, Any]]:
-    """``count`` entries drawn by hypothesis (collected, then thrown at a live session)."""
-    found: list[dict[str, Any]] = []
-
-    @settings(
-        max_examples=count,
-        deadline=None,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(_entries)
-    def collect(entry: dict[str, Any]) -> None:
-        found.append(entry)
-
-    collect()
-    return found
-
-
-async def _session(
-    redis_url: str, namespace: str, index: int
-) -> tuple[RedisRealtimeClient, Talker]:
-    client = RedisRealtimeClient(
-        redis_url,
-        provider="openai",
-        model="gpt-realtime",
-        namespace=namespace,
-        connect_timeout_s=20 * TIME_SCALE,
-    )
-    talker = Talker(client, index)
-    await client.connect(CONFIG)
-    return client, talker
+def _input(client: RedisRealtimeClient) -> str:
+    return Keys(client._namespace).session(client.session_id or "").input
 
 
 async def _sentinel_arrives(sim: Any, client: RedisRealtimeClient, marker: int, seq: int) -> None:
@@ -131,18 +87,13 @@ async def _sentinel_arrives(sim: Any, client: RedisRealtimeClient, marker: int, 
 async def test_generated_malformed_entries_never_hurt_a_live_session(
     workers: Any, redis_url: str, namespace: str
 ) -> None:
-    entries = generated_entries(EXAMPLES)
+    entries = draw(_entries, EXAMPLES)
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
         worker = workers("a", sim.url)
         await worker.wait_ready()
-        client, talker = await _session(redis_url, namespace, 0)
-        stream = Keys(namespace).session(client.session_id or "").input
-        redis = Redis.from_url(redis_url)
-        try:
-            for entry in entries:
-                await redis.xadd(stream, entry)  # type: ignore[arg-type]
-        finally:
-            await redis.aclose()
+        talker = await Talker.connected(redis_url, namespace, 0, talking=False)
+        client = talker.client
+        await write_entries(redis_url, _input(client), entries)
         await _sentinel_arrives(sim, client, talker.marker, 1)
         assert client.connected and not talker.of("closed")
         assert await client.ping() is True
@@ -171,20 +122,15 @@ async def test_oversized_entries_are_refused_and_never_reach_the_provider(
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
         worker = workers("a", sim.url)
         await worker.wait_ready()
-        client, talker = await _session(redis_url, namespace, 0)
-        stream = Keys(namespace).session(client.session_id or "").input
+        talker = await Talker.connected(redis_url, namespace, 0, talking=False)
+        client = talker.client
         big = orjson.dumps({"update": {"instructions": "i" * (2 * limits.command_bytes)}})
         oversized: list[dict[str, Any]] = [
             {"v": b"1", "ts": b"1", "k": b"a", "d": b"\x00" * 5_000_000},
             {"v": b"1", "ts": b"1", "k": b"a", "d": b"\x00" * 12_000_000},
             {"v": b"1", "ts": b"1", "k": b"c", "c": b"update_config", "b": big},
         ]
-        redis = Redis.from_url(redis_url)
-        try:
-            for entry in oversized:
-                await redis.xadd(stream, entry)  # type: ignore[arg-type]
-        finally:
-            await redis.aclose()
+        await write_entries(redis_url, _input(client), oversized)
         await _sentinel_arrives(sim, client, talker.marker, 1)
 
         def too_large() -> list[Any]:
@@ -212,19 +158,19 @@ async def test_an_input_stream_redis_refuses_ends_that_session_only(
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
         worker = workers("a", sim.url)
         await worker.wait_ready()
-        broken, broken_talker = await _session(redis_url, namespace, 0)
-        healthy, healthy_talker = await _session(redis_url, namespace, 1)
+        broken_talker = await Talker.connected(redis_url, namespace, 0, talking=False)
+        healthy_talker = await Talker.connected(redis_url, namespace, 1, talking=False)
+        broken, healthy = broken_talker.client, healthy_talker.client
         await _sentinel_arrives(sim, healthy, healthy_talker.marker, 1)
-        stream = Keys(namespace).session(broken.session_id or "").input
         redis = Redis.from_url(redis_url)
         try:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.delete(stream)
-                pipe.set(stream, "not a stream")  # what a stray client could do
+                pipe.delete(_input(broken))
+                pipe.set(_input(broken), "not a stream")  # what a stray client could do
                 await pipe.execute()
         finally:
             await redis.aclose()
-        await broken_talker.wait("closed", within=10)
+        await broken_talker.at("closed", within=10)
         errors = broken_talker.of("error")
         assert errors and errors[-1].code == "input_rejected" and not errors[-1].recoverable
         for seq in range(2, 12):  # the neighbour on the same worker keeps flowing

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -42,7 +41,7 @@ from providers.openai import OpenAIRealtimeClient
 from providers.openai.translator import OpenAITranslator
 
 from .conftest import TIME_SCALE
-from .faultkit import fault_ledger, record  # noqa: F401 - fault_ledger is an autouse fixture
+from .faultkit import draw, fault_ledger, json_values, record  # noqa: F401 - fault_ledger is autouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -88,17 +87,7 @@ def openai_corpus() -> list[dict[str, Any]]:
     return frames
 
 
-_json = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=16),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
+_json = json_values(max_size=3, max_leaves=8)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -147,17 +136,7 @@ def frames_from(corpus: list[dict[str, Any]], count: int, *, typed: list[str]) -
         _json,
         st.text(max_size=40),
     )
-    found: list[Any] = []
-
-    @settings(
-        max_examples=count, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-    )
-    @given(strategy)
-    def collect(value: Any) -> None:
-        found.append(value)
-
-    collect()
-    return found
+    return draw(strategy, count)
 
 
 def _wire(frame: Any) -> str:

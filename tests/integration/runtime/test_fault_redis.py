@@ -12,33 +12,23 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from ingress import RedisRealtimeClient
 from ingress.client import SESSION_LOST
-from protocol import AudioFormat, NotConnectedError, RealtimeSessionConfig
-from providers.simulator import OpenAISimulator, SimScript
+from protocol import NotConnectedError
+from providers.simulator import OpenAISimulator
 from worker.settings import LEASE_TTL_S
 
-from .conftest import TIME_SCALE
 from .faultkit import (  # noqa: F401 - fixtures are found by name
+    SCRIPT,
     PrivateRedis,
     Talker,
-    all_arrived,
-    arrivals,
     fault_ledger,
+    finish,
     private_redis,
     record,
     summary,
-    tally,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-CONFIG = RealtimeSessionConfig(
-    instructions="You are a helpful agent.",
-    input_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-    output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-)
-SCRIPT = SimScript(reply_text="Sure.", speed=4.0, tool_call=None)
 
 
 async def _start(
@@ -49,20 +39,8 @@ async def _start(
         workers("b", sim.url, REDIS_URL=server.url, **env),
     ]
     await asyncio.gather(*(w.wait_ready() for w in pair))
-    talkers = []
-    for index in range(sessions):
-        client = RedisRealtimeClient(
-            server.url,
-            provider="openai",
-            model="gpt-realtime",
-            namespace=namespace,
-            connect_timeout_s=20 * TIME_SCALE,
-        )
-        talker = Talker(client, index)
-        await client.connect(CONFIG)
-        talker.start()
-        talkers.append(talker)
-    await asyncio.gather(*(t.wait("audio", within=20) for t in talkers))
+    talkers = [await Talker.connected(server.url, namespace, i) for i in range(sessions)]
+    await asyncio.gather(*(t.at("audio", within=20) for t in talkers))
     return pair, talkers
 
 
@@ -77,16 +55,9 @@ async def test_a_frozen_redis_loses_no_audio_and_every_worker_survives(
         sleeper = private_redis.freeze(freeze_s)
         await asyncio.to_thread(sleeper.wait, 30)
         woke = time.monotonic()
-        back = [await t.wait("audio", after=woke, within=20) - woke for t in talkers]
+        back = [await t.at("audio", after=woke, within=20) - woke for t in talkers]
         await asyncio.sleep(1.0)
-        for talker in talkers:
-            await talker.stop()
-        await all_arrived(sim, talkers, within=15)
-        got = arrivals(sim)
-        totals = {"sent": 0, "lost": 0, "duplicated": 0, "reordered": 0}
-        for talker in talkers:
-            for key, value in tally(got.get(talker.marker, []), talker.sent).items():
-                totals[key] += value
+        totals = await finish(sim, talkers, within=15)
         takeovers = [bool(t.of("reconnected")) for t in talkers].count(True)
         record(
             "redis_frozen_3.5s",
@@ -98,8 +69,6 @@ async def test_a_frozen_redis_loses_no_audio_and_every_worker_survives(
         assert all(w.proc.poll() is None for w in pair)  # nobody died of it
         assert totals["lost"] == 0 and totals["reordered"] == 0, totals
         assert all(not t.of("closed") for t in talkers)
-        for talker in talkers:
-            await talker.client.detach()
 
 
 async def test_sigterm_is_honoured_while_redis_is_frozen(
@@ -123,7 +92,6 @@ async def test_sigterm_is_honoured_while_redis_is_frozen(
         assert codes == [0, 0] and took < 3.0 + 0.5, took  # VOICEGRID_DRAIN_TIMEOUT_S=3
         for talker in talkers:
             await talker.stop()
-            await talker.client.detach()
 
 
 async def test_a_redis_restart_without_data_ends_every_session_for_its_caller(
@@ -133,17 +101,12 @@ async def test_a_redis_restart_without_data_ends_every_session_for_its_caller(
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
         pair, talkers = await _start(sim, workers, private_redis, namespace, 3)
-        quiet = Talker(  # a caller that sends nothing learns it from the session checks
-            RedisRealtimeClient(
-                private_redis.url, provider="openai", model="gpt-realtime", namespace=namespace
-            ),
-            8,
-        )
-        await quiet.client.connect(CONFIG)
+        # a caller that sends nothing learns it from the session checks
+        quiet = await Talker.connected(private_redis.url, namespace, 8, talking=False)
         restarted = time.monotonic()  # from the kill: the callers may know before it is back
         await private_redis.restart()
-        ended = [await t.wait("closed", after=restarted, within=15) - restarted for t in talkers]
-        quiet_ended = await quiet.wait("closed", after=restarted, within=15) - restarted
+        ended = [await t.at("closed", after=restarted, within=15) - restarted for t in talkers]
+        quiet_ended = await quiet.at("closed", after=restarted, within=15) - restarted
         assert quiet.of("error")[-1].code == SESSION_LOST
         for talker in talkers:
             errors = talker.of("error")
@@ -163,15 +126,10 @@ async def test_a_redis_restart_without_data_ends_every_session_for_its_caller(
             assert leaked == []  # no session key without an expiry
             assert all(w.proc.poll() is None for w in pair)
             # the workers carry on against the new, empty Redis: a new session works
-            client = RedisRealtimeClient(
-                private_redis.url, provider="openai", model="gpt-realtime", namespace=namespace
-            )
-            fresh = Talker(client, 9)
-            await client.connect(CONFIG)
-            fresh.start()
-            await fresh.wait("audio", within=20)
+            fresh = await Talker.connected(private_redis.url, namespace, 9)
+            await fresh.at("audio", within=20)
             await fresh.stop()
-            await client.disconnect()
+            await fresh.client.disconnect()
         finally:
             await redis.aclose()
         record(

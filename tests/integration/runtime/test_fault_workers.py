@@ -14,82 +14,50 @@ from typing import Any
 
 import pytest
 
-from ingress import RedisRealtimeClient
-from protocol import AudioFormat, RealtimeSessionConfig
-from providers.simulator import OpenAISimulator, SimScript
+from providers.simulator import OpenAISimulator
 from worker.settings import LEASE_TTL_S
 
 from .conftest import TIME_SCALE, free_port, owner_of
 from .faultkit import (  # noqa: F401 - fault_ledger is an autouse fixture
+    SCRIPT,
     Talker,
-    all_arrived,
-    arrivals,
     fault_ledger,
+    finish,
     record,
     summary,
-    tally,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-CONFIG = RealtimeSessionConfig(
-    instructions="You are a helpful agent.",
-    input_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-    output_audio=AudioFormat(encoding="pcm16", sample_rate=24000),
-)
-SCRIPT = SimScript(reply_text="Sure.", speed=4.0, tool_call=None)
 #: Sessions per fault run: each one's takeover is one sample.
 SESSIONS = 6
 
 
-async def _talkers(redis_url: str, namespace: str, count: int) -> list[Talker]:
-    talkers = []
-    for index in range(count):
-        client = RedisRealtimeClient(
-            redis_url,
-            provider="openai",
-            model="gpt-realtime",
-            namespace=namespace,
-            connect_timeout_s=20 * TIME_SCALE,
-        )
-        talker = Talker(client, index)
-        await client.connect(CONFIG)
-        talker.start()
-        talkers.append(talker)
-    return talkers
-
-
-async def _finish(sim: Any, talkers: list[Talker]) -> dict[str, int]:
-    """Stop talking, wait for the last frames, and add up what the provider received."""
-    for talker in talkers:
-        await talker.stop()
-    await all_arrived(sim, talkers)
-    got = arrivals(sim)
-    totals = {"sent": 0, "lost": 0, "duplicated": 0, "reordered": 0}
-    for talker in talkers:
-        for key, value in tally(got.get(talker.marker, []), talker.sent).items():
-            totals[key] += value
-    for talker in talkers:
-        await talker.client.detach()
-    return totals
+async def _owned_by_one(
+    sim: Any, workers: Any, redis_url: str, namespace: str, count: int
+) -> tuple[Any, Any, list[Talker]]:
+    """``count`` talking sessions all owned by worker a (started alone), then worker b; returns
+    once the model answered each of them."""
+    owner = workers("a", sim.url)
+    await owner.wait_ready()
+    talkers = [await Talker.connected(redis_url, namespace, i) for i in range(count)]
+    other = workers("b", sim.url)
+    await other.wait_ready()
+    await asyncio.gather(*(t.at("audio", within=20) for t in talkers))
+    return owner, other, talkers
 
 
 async def test_sigkill_of_the_owner_is_taken_over_fast_without_losing_audio(
     workers: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        owner = workers("a", sim.url)
-        await owner.wait_ready()
-        talkers = await _talkers(redis_url, namespace, SESSIONS)
-        survivor = workers("b", sim.url)
-        await survivor.wait_ready()
-        await asyncio.gather(*(t.wait("audio", within=20) for t in talkers))
+        owner, survivor, talkers = await _owned_by_one(sim, workers, redis_url, namespace, SESSIONS)
         await asyncio.sleep(random.uniform(0.0, 1.0))  # any phase of the lease renewals
         killed = time.monotonic()
         owner.signal(signal.SIGKILL)
-        took = [await t.wait("reconnected", after=killed, within=15) - killed for t in talkers]
-        await asyncio.gather(*(t.wait("audio", after=killed + max(took)) for t in talkers))
-        totals = await _finish(sim, talkers)
+        took = [await t.at("reconnected", after=killed, within=15) - killed for t in talkers]
+        await asyncio.gather(*(t.at("audio", after=killed + max(took)) for t in talkers))
+        totals = await finish(sim, talkers)
         takeover = summary(took)
         record("sigkill", sessions=SESSIONS, takeover_s=takeover, **totals)
         assert totals["lost"] == 0 and totals["reordered"] == 0, totals
@@ -104,20 +72,13 @@ async def test_sigterm_hands_every_session_over_with_nothing_lost_or_repeated(
     workers: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        owner = workers("a", sim.url)
-        await owner.wait_ready()
-        talkers = await _talkers(redis_url, namespace, 4)
-        successor = workers("b", sim.url)
-        await successor.wait_ready()
-        await asyncio.gather(*(t.wait("audio", within=20) for t in talkers))
+        owner, _, talkers = await _owned_by_one(sim, workers, redis_url, namespace, 4)
         signalled = time.monotonic()
         owner.signal(signal.SIGTERM)
-        took = [
-            await t.wait("reconnected", after=signalled, within=15) - signalled for t in talkers
-        ]
+        took = [await t.at("reconnected", after=signalled, within=15) - signalled for t in talkers]
         assert await owner.wait_exit(within=25) == 0
         await asyncio.sleep(1.0)
-        totals = await _finish(sim, talkers)
+        totals = await finish(sim, talkers)
         record("sigterm", sessions=len(talkers), handoff_s=summary(took), **totals)
         assert totals["lost"] == 0 and totals["duplicated"] == 0, totals
         assert totals["reordered"] == 0, totals
@@ -127,15 +88,10 @@ async def test_sigstop_past_the_lease_is_taken_over_and_the_old_owner_fenced(
     workers: Any, redis_url: str, namespace: str
 ) -> None:
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        owner = workers("a", sim.url)
-        await owner.wait_ready()
-        talkers = await _talkers(redis_url, namespace, 2)
-        other = workers("b", sim.url)
-        await other.wait_ready()
-        await asyncio.gather(*(t.wait("audio", within=20) for t in talkers))
+        owner, other, talkers = await _owned_by_one(sim, workers, redis_url, namespace, 2)
         stopped = time.monotonic()
         owner.signal(signal.SIGSTOP)
-        took = [await t.wait("reconnected", after=stopped, within=15) - stopped for t in talkers]
+        took = [await t.at("reconnected", after=stopped, within=15) - stopped for t in talkers]
         owner.signal(signal.SIGCONT)
         fenced = 0.0
         async with asyncio.timeout(10):
@@ -145,7 +101,7 @@ async def test_sigstop_past_the_lease_is_taken_over_and_the_old_owner_fenced(
                 )
                 await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
-        totals = await _finish(sim, talkers)
+        totals = await finish(sim, talkers)
         record("sigstop_past_lease", sessions=len(talkers), takeover_s=summary(took), **totals)
         assert totals["lost"] == 0 and totals["reordered"] == 0, totals
         for talker in talkers:
@@ -160,12 +116,7 @@ async def test_an_event_loop_stalled_for_a_second_is_not_taken_over(
     """The other side of a fast takeover: a worker that stops for 1 s (GC, a noisy neighbour;
     SIGSTOP stands in for a blocked loop) keeps its sessions, again and again."""
     async with OpenAISimulator(SCRIPT, host="127.0.0.1", port=0) as sim:
-        owner = workers("a", sim.url)
-        await owner.wait_ready()
-        talkers = await _talkers(redis_url, namespace, 2)
-        other = workers("b", sim.url)
-        await other.wait_ready()
-        await asyncio.gather(*(t.wait("audio", within=20) for t in talkers))
+        owner, other, talkers = await _owned_by_one(sim, workers, redis_url, namespace, 2)
         stalls = 6
         for _ in range(stalls):
             await asyncio.sleep(random.uniform(0.3, 1.0))  # a different renewal phase each time
@@ -173,7 +124,7 @@ async def test_an_event_loop_stalled_for_a_second_is_not_taken_over(
             await asyncio.sleep(1.0)
             owner.signal(signal.SIGCONT)
         await asyncio.sleep(LEASE_TTL_S + 1.0)  # a takeover would have happened by now
-        totals = await _finish(sim, talkers)
+        totals = await finish(sim, talkers)
         takeovers = await other.metric("voicegrid_takeovers_total", reason="lease_expired")
         record("stall_1s", stalls=stalls, takeovers=int(takeovers), **totals)
         assert takeovers == 0

@@ -7,8 +7,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from protocol import ConfigError, ProviderTarget, RealtimeAudioClient
+from protocol.options import OptionRule, check_caller_options
 
-__all__ = ["build_target", "create_client", "register_provider", "registered_providers"]
+__all__ = [
+    "build_target",
+    "caller_options",
+    "check_options",
+    "create_client",
+    "register_provider",
+    "registered_providers",
+]
 
 Factory = Callable[..., RealtimeAudioClient]
 
@@ -19,12 +27,50 @@ _BUILTIN: dict[str, str] = {
 }
 _FACTORIES: dict[str, Factory] = {}
 
+#: The options a session's caller may set on the built-in providers, with bounds: what shapes
+#: the caller's own call (transcription model, how much audio to buffer, how much conversation
+#: to replay). The connection policy (reconnects, backoff, recycling, pings, timeouts of the
+#: handshake) and credentials stay the operator's. VOICEGRID_CALLER_OPTIONS replaces these.
+_BUFFER = OptionRule("int", low=200, high=10_000)
+_CALLER_OPTIONS: dict[str, dict[str, OptionRule]] = {
+    "openai": {
+        "transcription_model": OptionRule("text", high=128),
+        "max_buffer_ms": _BUFFER,
+        "replay_max_chars": OptionRule("int", low=1_000, high=40_000),
+        "update_timeout_s": OptionRule("number", low=1, high=30),
+    },
+    "gemini": {
+        "max_buffer_ms": _BUFFER,
+        "max_history": OptionRule("int", low=10, high=200),
+    },
+}
 
-def register_provider(name: str, factory: Factory) -> None:
-    """Make ``create_client(name, ...)`` build clients with ``factory(model=..., **options)``."""
+
+def register_provider(
+    name: str, factory: Factory, *, caller_options: Mapping[str, OptionRule] | None = None
+) -> None:
+    """Make ``create_client(name, ...)`` build clients with ``factory(model=..., **options)``.
+
+    ``caller_options``: the options a session's caller may set, with bounds (none by default;
+    see :mod:`protocol.options`)."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"provider name {name!r} is invalid; expected letters, digits, - or _")
     _FACTORIES[name] = factory
+    _CALLER_OPTIONS[name] = dict(caller_options or {})
+
+
+def caller_options(name: str) -> dict[str, OptionRule]:
+    """The options a caller may set on provider ``name`` by default (see ``register_provider``)."""
+    return dict(_CALLER_OPTIONS.get(name, {}))
+
+
+def check_options(
+    provider: str, options: Mapping[str, Any], *, allowed: Mapping[str, OptionRule] | None
+) -> None:
+    """``ConfigError`` unless a caller may set ``options`` on ``provider``: ``allowed`` is the
+    operator's list (``VOICEGRID_CALLER_OPTIONS``), ``None`` the provider's defaults."""
+    rules = caller_options(provider) if allowed is None else allowed
+    check_caller_options(options, rules, provider=provider)
 
 
 def registered_providers() -> list[str]:

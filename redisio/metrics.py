@@ -43,6 +43,7 @@ __all__ = [
     "SESSIONS_CAPACITY",
     "SESSIONS_ENDED",
     "SESSIONS_STARTED",
+    "START_FAILURES",
     "TAKEOVERS",
     "TOOL_CALL_ROUNDTRIP",
     "WORKER_DRAINING",
@@ -97,6 +98,14 @@ SESSIONS_STARTED = Counter(
     "voicegrid_sessions_started",
     "Session jobs started on this worker (new sessions, takeovers and handoffs).",
     ["provider"],
+    registry=REGISTRY,
+)
+START_FAILURES = Counter(
+    "voicegrid_session_start_failures",
+    "Sessions closed because they could not be started, by reason: invalid_record (the worker "
+    "cannot run the record), provider (the provider refused the connection), attempts (the "
+    "reaper gave up after MAX_START_ATTEMPTS lease epochs that never went live).",
+    ["reason"],
     registry=REGISTRY,
 )
 SESSIONS_ENDED = Counter(

@@ -46,6 +46,7 @@ from protocol import (
     ProviderTarget,
     RealtimeAudioClient,
     RealtimeSessionConfig,
+    RealtimeToolResponse,
     ResponseDoneEvent,
     ToolCallCancelledEvent,
     ToolCallEvent,
@@ -54,7 +55,7 @@ from protocol import (
     parse_config,
 )
 from protocol.backoff import Backoff
-from protocol.errors import ConfigError, StreamEntryError, UsageError
+from protocol.errors import ConfigError, EntryTooLarge, StreamEntryError, UsageError
 from protocol.events import EVENT_NAMES
 from protocol.keys import SessionKeys
 from protocol.streams import (
@@ -77,7 +78,7 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
-from providers import create_client
+from providers import check_options, create_client
 from redisio.lease import Lease, WriteMode
 from redisio.metrics import (
     AUDIO_SECONDS,
@@ -89,6 +90,7 @@ from redisio.metrics import (
     RECONNECTS,
     RESUME_BUFFER_DROPS,
     RESUMPTIONS,
+    START_FAILURES,
     TOOL_CALL_ROUNDTRIP,
 )
 from redisio.pumps import OutputWriter, StreamReader, WriteBatch
@@ -231,6 +233,11 @@ class SessionRunner:
         self.end_reason: EndReason = "closed"
         self.client: RealtimeAudioClient | None = None
         self.config = parse_config(record.config)
+        # which provider options a caller may set is the operator's decision (bounded): a
+        # record from any producer is held to it
+        check_options(self.provider, record.options, allowed=runtime.settings.caller_options)
+        self._limits = runtime.settings.limits
+        self._max_audio_bytes = self._limits.audio_bytes(self.config.input_audio)
         self.conversation = ConversationLog(record.conversation)
         self.strategy: Literal["resumed", "replayed"] | None = None
         # True when the provider client could not restore its session (the worker replayed
@@ -361,12 +368,15 @@ class SessionRunner:
         else:
             RESUMPTIONS.labels(self.provider, self.strategy or "replayed").inc()
         self._record_updates[StateField.HANDOFF] = b"0"
+        self._record_updates[StateField.STARTS] = b"0"  # it got going: the reaper may retry it
         self.runtime.writer.mark(self)
         if self.strategy == "resumed":
             self._read_after_resumption_point()
         if client.capabilities.session_resumption:
             self._positions = InputPositions(self.last_id)
-        await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
+        await self.runtime.reader.add(
+            self.keys.input, after=self.last_id, consumer=self.feed, on_error=self._input_rejected
+        )
         if self._handoff_requested:
             await self.hand_off()
 
@@ -417,6 +427,7 @@ class SessionRunner:
         code = exc.code if isinstance(exc, ProviderError) else "connect_failed"
         message = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
         PROVIDER_ERRORS.labels(self.provider, code, "false").inc()
+        START_FAILURES.labels("provider").inc()
         self._emit("error", ErrorEvent(code=code, message=message, recoverable=False))
         if self.kind == "new":
             self._push(
@@ -495,6 +506,23 @@ class SessionRunner:
             await self._quiet_disconnect()
         self._ended.set()
 
+    def _input_rejected(self, exc: Exception) -> None:
+        """Redis refuses to read this session's input stream (the key holds another type): the
+        session cannot go on; the worker's other sessions are not affected."""
+        if self.phase is not Phase.LIVE:
+            return
+        message = f"session {self.session_id}: Redis rejects reading its input stream: {exc}"
+        log.error("%s; closing the session", message)
+        self._emit("error", ErrorEvent(code="input_rejected", message=message, recoverable=False))
+        self._emit_closed(ConnectionEvent(reason="input_rejected"))
+        self.end_reason = "error"
+        self._to(Phase.CLOSING)
+        self._spawn(self._close_now())
+
+    async def _close_now(self) -> None:
+        await self._quiet_disconnect()
+        await self._finish("close")
+
     def lease_renewed(self) -> None:
         """A renewal succeeded: entries held while the lease was unconfirmed go through."""
         if self.phase is Phase.LIVE and self._held and not self._holding:
@@ -546,17 +574,16 @@ class SessionRunner:
         self.last_id = entry_id
         self._handed.append((time.monotonic(), entry_id))
         try:
+            body = fields.get(b"b")
+            if body is not None:  # refused before it is even parsed
+                kind = fields.get(b"c", b"?")[:40].decode("ascii", "replace")
+                self._limits.check_command(kind, len(body))
             entry = decode_input(fields)
+        except EntryTooLarge as exc:
+            self._refuse(entry_id, "too_large", "entry_too_large", exc)
+            return None
         except StreamEntryError as exc:
-            MALFORMED_ENTRIES.labels("input").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="malformed_entry",
-                    message=f"input entry {entry_id}: {exc}",
-                    recoverable=True,
-                ),
-            )
+            self._refuse(entry_id, "input", "malformed_entry", exc)
             return None
         if isinstance(entry, AudioEntry):
             return self._send_audio(entry_id, entry)
@@ -565,19 +592,26 @@ class SessionRunner:
             self._command(entry_id, entry.command)
         return None
 
+    def _refuse(self, entry_id: str, kind: str, code: str, problem: object) -> None:
+        """An input entry (or part of one) is refused: a recoverable ``error`` event naming the
+        entry and why, counted by ``kind``; nothing of it is forwarded, the session goes on."""
+        MALFORMED_ENTRIES.labels(kind).inc()
+        message = f"input entry {entry_id}: {problem}"
+        self._emit("error", ErrorEvent(code=code, message=message, recoverable=True))
+
     def _send_audio(self, entry_id: str, entry: AudioEntry) -> float | None:
         """Relay one caller frame; its audio seconds, or None when the client rejected it."""
         assert self.client is not None
+        if len(entry.data) > self._max_audio_bytes:
+            try:
+                self._limits.check_audio(len(entry.data), self.config.input_audio)
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
+                return None
         try:
             self.client.send_audio(entry.data)
         except VoicegridError as exc:
-            MALFORMED_ENTRIES.labels("audio").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="invalid_audio", message=f"input entry {entry_id}: {exc}", recoverable=True
-                ),
-            )
+            self._refuse(entry_id, "audio", "invalid_audio", exc)
             return None
         if self._positions is not None:
             self._positions.fed(entry_id)
@@ -589,24 +623,7 @@ class SessionRunner:
         client = self.client
         try:
             if isinstance(command, ToolResponseCommand):
-                now = time.perf_counter()
-                cancelled = self.conversation.cancelled_calls()
-                responses = []
-                for response in command.responses:
-                    if response.call_id in cancelled:
-                        # the provider session no longer knows the call (tool-call-cancelled
-                        # was published): sending the result would be an error there
-                        log.warning(
-                            "session %s: dropped the late result of cancelled tool call %s",
-                            self.session_id,
-                            response.call_id,
-                        )
-                        continue
-                    responses.append(response)
-                    started = self._tool_calls.pop(response.call_id, None)
-                    if started is not None:
-                        TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
-                    self.conversation.add_tool_result(response.call_id, response.output)
+                responses = self._accepted_tool_responses(entry_id, command)
                 if responses:
                     client.send_tool_response(responses)
             elif isinstance(command, RequestResponseCommand):
@@ -629,6 +646,52 @@ class SessionRunner:
         if self.conversation.changed:
             self._record_updates[StateField.CONVERSATION] = self.conversation.dumps()
         self.runtime.writer.mark(self)
+
+    def _accepted_tool_responses(
+        self, entry_id: str, command: ToolResponseCommand
+    ) -> list[RealtimeToolResponse]:
+        """The results of ``command`` the provider may get: each for a call this session issued
+        and nobody answered yet, within the size limit. Each refused one is an ``error`` event
+        (a provider rejects a result for a call it does not know, and may end the session); a
+        late result for a cancelled call is dropped and logged."""
+        now = time.perf_counter()
+        cancelled = self.conversation.cancelled_calls()
+        # the log is bounded (its oldest items go first); the calls issued on this owner are
+        # also in _tool_calls until answered
+        pending = set(self.conversation.pending_calls()) | set(self._tool_calls)
+        accepted = []
+        for response in command.responses:
+            call_id = response.call_id
+            if call_id in cancelled:
+                # the provider session no longer knows the call (tool-call-cancelled was
+                # published): sending the result would be an error there
+                log.warning(
+                    "session %s: dropped the late result of cancelled tool call %s",
+                    self.session_id,
+                    call_id,
+                )
+                continue
+            if call_id not in pending:
+                self._refuse(
+                    entry_id,
+                    "tool_call",
+                    "unknown_tool_call",
+                    f"tool result for call {call_id[:64]!r} refused: the session has no pending "
+                    "tool call with that id (never issued, or already answered); it was not sent",
+                )
+                continue
+            try:
+                self._limits.check_tool_output(response)
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
+                continue
+            pending.discard(call_id)  # a second result for it, even in this command, is refused
+            accepted.append(response)
+            started = self._tool_calls.pop(call_id, None)
+            if started is not None:
+                TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
+            self.conversation.add_tool_result(call_id, response.output)
+        return accepted
 
     async def _ping(self, entry_id: str) -> None:
         assert self.client is not None

@@ -24,6 +24,7 @@ from protocol import (
     ToolDefinition,
 )
 from protocol.keys import Keys
+from protocol.options import parse_caller_options
 from providers.simulator import GeminiSimulator, SimScript, ToolCallScript
 from redisio.metrics import REGISTRY
 
@@ -648,7 +649,9 @@ async def test_what_the_resumption_buffer_drops_is_counted(
     oldest messages; the worker adds them to voicegrid_resume_buffer_dropped_messages_total."""
     series = ("voicegrid_resume_buffer_dropped_messages_total", {"provider": "gemini"})
     before = REGISTRY.get_sample_value(*series) or 0.0
-    worker = await start_worker(gemini_url=sim.url)
+    # the operator lets callers bound the buffer (not a default caller option)
+    allowed = parse_caller_options("resume_buffer_s:number:0..30")
+    worker = await start_worker(gemini_url=sim.url, caller_options=allowed)
     client = make_client(provider="gemini", model=MODEL, resume_buffer_s=0.1)
     await client.connect(CONFIG)
     for seq in range(30):  # silence: no turn, so no handle after the setup's

@@ -8,6 +8,7 @@ from typing import Any
 
 from protocol import ProviderTarget, RealtimeSessionConfig
 from protocol.keys import Keys
+from protocol.options import parse_caller_options
 from providers.simulator import GeminiSimulator, OpenAISimulator, SimScript
 from redisio.health import ProviderBreaker
 
@@ -17,6 +18,10 @@ from ...support.timing import scaled
 GEMINI = "gemini-2.5-flash-native-audio-preview-12-2025"
 FRAME = 960
 FAST = {"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "reconnect_attempts": 1}
+#: the operator lets callers set the reconnect policy here, so the test needs no long waits
+CALLER_OPTIONS = parse_caller_options(
+    "backoff_initial_s:number:0..1,backoff_max_s:number:0..1,reconnect_attempts:int:1..3"
+)
 CONFIG = RealtimeSessionConfig(
     instructions="Be brief.",
     fallbacks=[ProviderTarget(provider="openai", model="gpt-realtime-mini", voice="marin")],
@@ -32,7 +37,12 @@ async def test_a_worker_moves_a_session_to_the_fallback_and_the_fleet_follows(
         OpenAISimulator(SimScript(reply_text="From OpenAI.", speed=0, tool_call=None)) as fallback,
     ):
         # the fallback is OpenAI here; Gemini runs at the worker's Gemini URL
-        await start_worker(gemini_url=primary.url, openai_url=fallback.url, openai_api_key="sk")
+        await start_worker(
+            gemini_url=primary.url,
+            openai_url=fallback.url,
+            openai_api_key="sk",
+            caller_options=CALLER_OPTIONS,
+        )
         client = make_client(provider="gemini", model=GEMINI, **FAST)
         events = recorder(client)
         await client.connect(CONFIG)
@@ -64,7 +74,12 @@ async def test_a_worker_moves_a_session_to_the_fallback_and_the_fleet_follows(
         )
 
         # the breaker saw Gemini fail: a new session on another worker starts on OpenAI
-        await start_worker(gemini_url=primary.url, openai_url=fallback.url, openai_api_key="sk")
+        await start_worker(
+            gemini_url=primary.url,
+            openai_url=fallback.url,
+            openai_api_key="sk",
+            caller_options=CALLER_OPTIONS,
+        )
         breaker = ProviderBreaker(make_redis(), Keys("vgtest"), threshold=1)
         await breaker.record_failure(f"gemini/{GEMINI}")
         assert await breaker.state(f"gemini/{GEMINI}") == "open"

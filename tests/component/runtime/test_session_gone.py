@@ -22,7 +22,7 @@ from ingress.client import SESSION_CHECK_S, SESSION_LOST
 from protocol import NotConnectedError, RealtimeSessionConfig, UsageError
 from protocol.events import ConnectionEvent
 from protocol.keys import Keys
-from protocol.streams import CONNECT_REF, encode_ack, encode_event
+from protocol.streams import encode_ack, encode_event
 
 CONFIG = RealtimeSessionConfig(instructions="help")
 KEYS = Keys("vgtest")
@@ -135,13 +135,14 @@ async def test_a_closed_read_with_the_connect_ack_ends_the_connect_as_closed(
     connecting = asyncio.create_task(client.connect(CONFIG))
     redis = make_redis()
     keys = KEYS.session("closes-at-once")
-    while await redis.hget(keys.state, "status") != b"pending":  # noqa: ASYNC110
+    while not (requests := await redis.xrange(KEYS.create)):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
+    request_id = requests[-1][0].decode()  # the connect ack answers the create request
     await asyncio.sleep(0.05)  # the client follows its output stream
     closed = ConnectionEvent(reason="provider closed", code=1008)
     async with redis.pipeline(transaction=True) as pipe:  # one batch for the reader
         pipe.xadd(keys.output, encode_event("connected", ConnectionEvent(), epoch=1))  # type: ignore[arg-type]
-        pipe.xadd(keys.output, encode_ack(CONNECT_REF, epoch=1, result={"capabilities": {}}))  # type: ignore[arg-type]
+        pipe.xadd(keys.output, encode_ack(request_id, epoch=1, result={"capabilities": {}}))  # type: ignore[arg-type]
         pipe.xadd(keys.output, encode_event("closed", closed, epoch=1))  # type: ignore[arg-type]
         await pipe.execute()
     await asyncio.wait_for(connecting, 5)  # resolves (the provider did accept the session) ...

@@ -32,7 +32,10 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from providers.simulator import SimScript
 from providers.simulator.base import BaseSimulator
 
-from .conftest import FRAME_BYTES, TIME_SCALE, Timeline, caller_frame, free_port
+from ...support.frames import numbered_frame as plain_frame
+from ...support.net import free_port
+from ...support.timing import scaled
+from .conftest import FRAME_BYTES, Timeline
 
 #: Sequence-numbered caller frames start with this marker plus the caller's index.
 MARKER_BASE = 200
@@ -126,7 +129,7 @@ async def write_entries(redis_url: str, stream: str, entries: list[dict[str, Any
 def numbered_frame(marker: int, seq: int, *, speech: bool) -> bytes:
     """The runtime tests' caller frame (20 ms of 24 kHz PCM16 carrying ``seq``) with this
     caller's ``marker`` as its first sample, so the callers of one simulator are told apart."""
-    return struct.pack("<h", marker) + caller_frame(seq, speech=speech)[2:]
+    return struct.pack("<h", marker) + plain_frame(seq, FRAME_BYTES, speech=speech)[2:]
 
 
 def arrivals(sim: BaseSimulator) -> dict[int, list[int]]:
@@ -183,7 +186,7 @@ class Talker(Timeline):
             provider="openai",
             model="gpt-realtime",
             namespace=namespace,
-            connect_timeout_s=20 * TIME_SCALE,
+            connect_timeout_s=scaled(20),
         )
         talker = cls(client, index)
         await client.connect(CONFIG)
@@ -213,7 +216,7 @@ class Talker(Timeline):
 
     async def at(self, name: str, *, after: float = 0.0, within: float = 10.0) -> float:
         """When event ``name`` arrived (the first after ``after``), waiting for it."""
-        return (await self.wait(name, after=after, within=within * TIME_SCALE))[0]
+        return (await self.wait(name, after=after, within=within))[0]
 
 
 async def all_arrived(sim: BaseSimulator, talkers: list[Talker], within: float = 10.0) -> None:
@@ -224,7 +227,7 @@ async def all_arrived(sim: BaseSimulator, talkers: list[Talker], within: float =
         return all(set(got.get(t.marker, [])) >= set(range(t.sent)) for t in talkers)
 
     with contextlib.suppress(Exception):
-        await sim.wait_for(done, timeout=within * TIME_SCALE)
+        await sim.wait_for(done, timeout=scaled(within))
 
 
 async def finish(sim: BaseSimulator, talkers: list[Talker], within: float = 10.0) -> dict[str, int]:

@@ -24,7 +24,7 @@ from ingress.gateway import Gateway
 from ingress.settings import GatewaySettings
 from providers.simulator import OpenAISimulator
 
-from .conftest import TIME_SCALE
+from ...support.timing import scaled
 from .faultkit import SCRIPT, draw, fault_ledger, json_values, numbered_frame, record  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -102,7 +102,7 @@ async def test_hostile_callers_never_harm_a_live_session_on_the_same_gateway(
             await live.ws.send(
                 orjson.dumps({"type": "session.start", "provider": "openai", "model": "m"}).decode()
             )
-            async with asyncio.timeout(20 * TIME_SCALE):
+            async with asyncio.timeout(scaled(20)):
                 while not any(t["type"] == "session.started" for t in live.texts):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             sid = next(t for t in live.texts if t["type"] == "session.started")["session_id"]
@@ -129,7 +129,7 @@ async def test_hostile_callers_never_harm_a_live_session_on_the_same_gateway(
             sent, arrived = await flowing
             # and it still receives: a pong needs the gateway's shared read of output streams
             await live.ws.send('{"type": "ping", "id": "after-the-storm"}')
-            async with asyncio.timeout(10 * TIME_SCALE):
+            async with asyncio.timeout(scaled(10)):
                 while not any(t.get("id") == "after-the-storm" for t in live.texts):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
             pong = next(t for t in live.texts if t.get("id") == "after-the-storm")

@@ -22,7 +22,7 @@ from protocol.keys import Keys
 from protocol.streams import EntryLimits
 from providers.simulator import OpenAISimulator
 
-from .conftest import TIME_SCALE
+from ...support.timing import scaled
 from .faultkit import (
     SCRIPT,
     Talker,
@@ -80,7 +80,7 @@ async def _sentinel_arrives(sim: Any, client: RedisRealtimeClient, marker: int, 
     frame = numbered_frame(marker, seq, speech=False)
     client.send_audio(frame)
     await sim.wait_for(
-        lambda s: any(frame in conn.audio_in for conn in s.connections), timeout=10 * TIME_SCALE
+        lambda s: any(frame in conn.audio_in for conn in s.connections), timeout=scaled(10)
     )
 
 

@@ -40,7 +40,7 @@ from providers.gemini.translator import GeminiTranslator
 from providers.openai import OpenAIRealtimeClient
 from providers.openai.translator import OpenAITranslator
 
-from .conftest import TIME_SCALE
+from ...support.timing import scaled
 from .faultkit import draw, fault_ledger, json_values, record  # noqa: F401 - fault_ledger is autouse
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -258,7 +258,7 @@ async def test_both_clients_survive_any_frame(provider: str) -> None:
                 client.on(name, _counter(events, name))  # type: ignore[arg-type]
             fmt = AudioFormat(sample_rate=24000 if provider == "openai" else 16000)
             await client.connect(RealtimeSessionConfig(input_audio=fmt))
-            deadline = time.monotonic() + 3 * TIME_SCALE  # the frames take about 0.5 s
+            deadline = time.monotonic() + scaled(3)  # the frames take about 0.5 s
             while time.monotonic() < deadline and client.state is not SessionState.CLOSED:
                 with contextlib.suppress(VoicegridError):  # not while it reconnects
                     client.send_audio(b"\x00\x00" * 320)
@@ -304,7 +304,7 @@ async def test_a_worker_lives_through_any_frame_its_provider_sends(
         for name in ("error", "closed", "audio", "transcript", "reconnecting", "reconnected"):
             client.on(name, _counter(events, name))  # type: ignore[arg-type]
         await client.connect(RealtimeSessionConfig())
-        deadline = time.monotonic() + 3 * TIME_SCALE
+        deadline = time.monotonic() + scaled(3)
         while time.monotonic() < deadline and client.connected:
             client.send_audio(b"\x00\x00" * 480)
             await asyncio.sleep(0.02)

@@ -914,6 +914,16 @@ class RedisRealtimeClient(RealtimeAudioClient):
         except REDIS_ERRORS as exc:
             raise _redis_failure(exc, self.redis_url) from exc
 
+    def _failed_over(self, event: ConnectionEvent) -> None:
+        """The worker moved the session to a fallback target: ``provider``, ``model`` and
+        ``capabilities`` are the new target's from here on (they change only with this event)."""
+        if event.provider:
+            self.__dict__["provider"] = event.provider
+        if event.model:
+            self.model = event.model
+        if event.capabilities is not None:
+            self._set_capabilities(event.capabilities)
+
     def _on_output(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Entries of the output stream, in order (called by the hub's reader)."""
         for raw_id, fields in entries:
@@ -945,6 +955,13 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     future.set_result(entry)
                 continue
             self._last_event_id = entry_id
+            payload = entry.payload
+            if (
+                entry.name == "reconnected"
+                and isinstance(payload, ConnectionEvent)
+                and payload.strategy == "failover"
+            ):
+                self._failed_over(payload)
             if entry.name == "closed" and self.state is SessionState.CONNECTING:
                 self._closed_early = True  # connect() resolves to a closed client
             elif entry.name == "closed":

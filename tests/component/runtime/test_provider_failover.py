@@ -60,6 +60,9 @@ async def test_a_worker_moves_a_session_to_the_fallback_and_the_fleet_follows(
         (reconnected,) = events.of("reconnected")
         assert reconnected.strategy == "failover"
         assert (reconnected.provider, reconnected.model) == ("openai", "gpt-realtime-mini")
+        # the ingress client now speaks for the fallback target
+        assert (client.provider, client.model) == ("openai", "gpt-realtime-mini")
+        assert client.capabilities.native_input_sample_rate == 24000  # OpenAI's, not Gemini's
         await events.wait_for(lambda: events.count("response-done") == 2, within=10)
         await fallback.wait_for(
             lambda s: question[-1] in frame_numbers(s.audio_in, FRAME), scaled(5)

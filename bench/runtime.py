@@ -160,11 +160,14 @@ def proc_cpu_s(pid: int) -> float:
     return sum(proc_cpu_split(pid))
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores of this machine spent busy since boot (``/proc/stat``)."""
+def machine_busy_s() -> tuple[float, float]:
+    """CPU seconds all cores of this machine spent busy since boot, and how many of them in
+    interrupts and softirqs (``/proc/stat``): loopback TCP is processed there, charged to no
+    process."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+    busy = (user + nice + system + irq + softirq + steal) / _CLK_TCK
+    return busy, (irq + softirq) / _CLK_TCK
 
 
 def proc_rss(pid: int) -> int:
@@ -472,7 +475,8 @@ async def _drive(callers: list[_Caller], start: float, frames: int) -> array[flo
 @dataclasses.dataclass
 class _Sample:
     t: float
-    machine_s: float
+    #: ``machine_busy_s()``: (busy, of which interrupts and softirqs)
+    machine_s: tuple[float, float]
     cpu: dict[str, float]
     rss: dict[str, int]
     metrics: Scrape | None
@@ -673,11 +677,17 @@ def _system_share(before: _Sample, after: _Sample, name: str) -> float:
 
 
 def _machine(before: _Sample, after: _Sample) -> dict[str, float]:
-    """Cores busy on the whole machine in the window, and how many of them were not ours."""
+    """Cores busy on the whole machine in the window, how many of them in interrupts and
+    softirqs (no process is charged for those), and how many in other processes."""
     elapsed = after.t - before.t
     ours = sum(after.cpu[name] - before.cpu[name] for name in after.cpu)
-    busy = after.machine_s - before.machine_s
-    return {"cores_busy": busy / elapsed, "other_load_cores": max(busy - ours, 0.0) / elapsed}
+    busy = after.machine_s[0] - before.machine_s[0]
+    irq = after.machine_s[1] - before.machine_s[1]
+    return {
+        "cores_busy": busy / elapsed,
+        "irq_cores": irq / elapsed,
+        "other_load_cores": max(busy - irq - ours, 0.0) / elapsed,
+    }
 
 
 async def run_async(
@@ -988,6 +998,7 @@ def _compare(result: dict[str, Any], targets: Targets) -> None:
         "added_out_p99_ms": dist["added_out_ms"]["p99"],
         "cores_busy_in_process": base["machine"]["cores_busy"],
         "cores_busy_distributed": dist["machine"]["cores_busy"],
+        "irq_cores_distributed": dist["machine"]["irq_cores"],
         "other_load_cores": max(
             base["machine"]["other_load_cores"], dist["machine"]["other_load_cores"]
         ),
@@ -1096,6 +1107,12 @@ def print_table(result: dict[str, Any]) -> None:
             ".1f",
         ),
         ("machine cores busy", base["machine"]["cores_busy"], dist["machine"]["cores_busy"], ".2f"),
+        (
+            "  of which interrupts, softirqs",
+            base["machine"]["irq_cores"],
+            dist["machine"]["irq_cores"],
+            ".2f",
+        ),
         (
             "  of which not this benchmark",
             base["machine"]["other_load_cores"],

@@ -108,6 +108,7 @@ ROWS: tuple[tuple[str, Cell | None], ...] = (
         "  cores busy in-proc / distributed",
         _pair("cores_busy_in_process", "cores_busy_distributed"),
     ),
+    ("    irq+softirq in distributed", _num("irq_cores_distributed")),
     ("  cores of other load (max)", _num("other_load_cores")),
     ("  worker RSS MB/session", _check("rss_per_session_mb", ".3f")),
     ("  errors (both setups)", _num("errors", "d")),

@@ -1003,6 +1003,7 @@ def _compare(result: dict[str, Any], targets: Targets) -> None:
             base["machine"]["other_load_cores"], dist["machine"]["other_load_cores"]
         ),
         "worker_rss_kb_per_session": dist["worker_rss_per_session_bytes"] / 1024,
+        "audio_out_ratio": result["ratios"]["frames_out_to_baseline"],
         "errors": sum(base["errors"].values()) + sum(dist["errors"].values()),
     }
 

@@ -18,8 +18,8 @@ __all__ = ["DEFAULT_LOADS", "parse_loads", "print_table", "run"]
 DEFAULT_LOADS = (20, 50, 100, 200)
 #: The table fits this many columns (more loads wrap into further blocks).
 WIDTH = 100
-_LABEL = 34
-_CELL = 16
+_LABEL = 32
+_CELL = 17
 
 
 def parse_loads(text: str) -> list[int]:
@@ -88,12 +88,12 @@ ROWS: tuple[tuple[str, Cell | None], ...] = (
     ("  Redis", _num("redis_ms")),
     ("  worker + ingress + Redis", _num("distributed_ms")),
     (
-        "  simulator in-proc / distributed",
+        "  simulator in-proc / distrib.",
         _pair("simulator_in_process_ms", "simulator_distributed_ms"),
     ),
     ("  callers' own (subtracted)", _num("callers_ms")),
     ("ratios and targets at this load", None),
-    ("  (worker+ingress+Redis) / client", _check("distributed_cpu_ratio")),
+    ("  (worker+ingress+Redis)/client", _check("distributed_cpu_ratio")),
     ("    callers on both sides", _num("distributed_to_client_with_callers")),
     ("  worker / in-process client", _check("worker_cpu_ratio")),
     ("  Redis ms/session-s", _check("redis_ms_per_session_s")),
@@ -103,9 +103,10 @@ ROWS: tuple[tuple[str, Cell | None], ...] = (
     ("  caller->provider p99", _check("p99_added_in_ms", ".1f")),
     ("  provider->caller p50", _num("added_out_p50_ms", ".1f")),
     ("  provider->caller p99", _check("p99_added_out_ms", ".1f")),
+    ("  audio out, distributed/in-proc", _num("audio_out_ratio", ".3f")),
     ("machine", None),
     (
-        "  cores busy in-proc / distributed",
+        "  cores busy in-proc / distrib.",
         _pair("cores_busy_in_process", "cores_busy_distributed"),
     ),
     ("    irq+softirq in distributed", _num("irq_cores_distributed")),
@@ -122,8 +123,8 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
     first = results[0]
     print(
         f"\nsweep: {first['seconds']:g} s per setup and load (after {first['warmup_s']:g} s "
-        f"warm-up), {first['event_loop']}, {first['redis']}, {first['cpu_count']} CPUs; "
-        "PASS/MISS against issue 9's target at each load"
+        f"warm-up), {first['event_loop']}, {first['cpu_count']} CPUs\n"
+        f"{first['redis']}; PASS/MISS: issue 9's target at that load (value<=target)"
     )
     per_block = max(1, (WIDTH - _LABEL) // _CELL)
     for start in range(0, len(results), per_block):

@@ -347,6 +347,7 @@ class FallbackClient(RealtimeAudioClient):
             previous = self._targets[self._index].label
             self._index = index
             self.model = target.model
+            self._on_fallback_since = time.monotonic()  # the minimum time before moving back
             if first and index and failed_at is not None:  # moved before the session started
                 self.failovers.append(
                     (

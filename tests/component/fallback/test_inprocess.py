@@ -66,7 +66,9 @@ class Caller:
         return said
 
 
-def fallback_client(primary: Any, fallback: Any, **policy: Any) -> FallbackClient:
+def fallback_client(
+    primary: Any, fallback: Any, *, health: LocalHealth | None = None, **policy: Any
+) -> FallbackClient:
     p_name = "openai" if isinstance(primary, OpenAISimulator) else "gemini"
     f_name = "openai" if isinstance(fallback, OpenAISimulator) else "gemini"
     client = create_client(
@@ -82,7 +84,7 @@ def fallback_client(primary: Any, fallback: Any, **policy: Any) -> FallbackClien
         ],
         fallback_credentials={f_name: {"url": fallback.url, "api_key": "sk-fallback"}},
         failover_policy=FailoverPolicy(**policy),
-        provider_health=LocalHealth(),
+        provider_health=health or LocalHealth(),
         api_key="sk-primary",
         **FAST,
     )
@@ -247,6 +249,105 @@ async def test_a_pending_tool_call_is_cancelled_and_reissued_by_the_new_model() 
         if f["type"] == "conversation.item.create" and f["item"]["type"] == "function_call_output"
     ]
     assert outputs == [new_call]
+
+
+async def no_switch(rec: Recorder, switches: int) -> None:
+    """Give a (wrong) move back time to start, then check there was none."""
+    await asyncio.sleep(0.1)
+    assert rec.count("reconnecting") == switches
+
+
+async def test_moves_back_to_the_primary_between_turns_once_closed_never_mid_turn() -> None:
+    """Back to the primary only at a safe point, after ``fail_back_after_s`` (small here), with
+    the primary's breaker closed; a turn waiting on a tool result is never cut."""
+    primary_label = "openai/gpt-realtime"
+    tool = ToolCallScript(arguments={"city": "Oslo"}, on_turn=3)  # the fallback's third turn
+    health = LocalHealth(threshold=1)  # the primary's failure opens its breaker
+    async with (
+        OpenAISimulator(SimScript(reply_text="Primary.", speed=0, tool_call=None)) as primary,
+        OpenAISimulator(SimScript(reply_text="Fallback.", speed=0, tool_call=tool)) as fallback,
+    ):
+        client = fallback_client(primary, fallback, health=health, fail_back_after_s=1.0)
+        rec = Recorder(client)
+        await client.connect(RealtimeSessionConfig(tools=[WEATHER]))
+        caller = Caller(client)
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 1)
+        await kill(primary)
+        await rec.wait_for(lambda: rec.count("reconnected") == 1)
+        loop = asyncio.get_running_loop()
+        switched = loop.time()
+        primary.refuse(None)  # the primary is back
+        assert await health.state(primary_label) == "open"
+
+        # breaker closed, but too soon after the switch: stays
+        await health.record_success(primary_label)
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 2)
+        assert loop.time() - switched < 1.0
+        await no_switch(rec, 1)
+
+        # long enough, but the breaker is open again: stays
+        await health.record_failure(primary_label)
+        await asyncio.sleep(max(0.0, switched + 1.05 - loop.time()))
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 3)
+        await no_switch(rec, 1)
+
+        # closed, long enough, but the model's turn waits on a tool result: stays
+        await health.record_success(primary_label)
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("tool-call") == 1)
+        await rec.wait_for(lambda: rec.count("response-done") == 4)
+        await no_switch(rec, 1)
+        assert client.provider == "openai" and client.target.model == "gpt-realtime-mini"
+
+        # the result is answered in full on the fallback, then the session moves back
+        call_id = rec.of("tool-call")[0].call_id
+        client.send_tool_response([RealtimeToolResponse(call_id=call_id, output="sunny")])
+        await rec.wait_for(lambda: rec.count("reconnected") == 2)
+        back = rec.of("reconnected")[1]
+        assert (back.strategy, back.reason) == ("failover", "recovered")
+        assert (back.provider, back.model) == ("openai", "gpt-realtime")
+        assert client.target.label == primary_label
+        assert rec.of("reconnecting")[1].reason == "recovered"
+        names = rec.names()
+        back_at = len(names) - 1 - names[::-1].index("reconnected")
+        assert names[back_at - 2 :] == ["response-done", "reconnecting", "reconnected"]
+        (done,) = [e for n, e in rec.events if n == "response-done"][4:]
+        assert done.status == "completed"
+        answers = [t.text for t in rec.of("transcript") if t.final and t.role == "assistant"]
+        assert answers[-1].startswith("Fallback.") or "sunny" in answers[-1]
+        assert not rec.of("tool-call-cancelled")  # the answered call was never cut
+
+        # and the next turn is the primary's
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 6)
+        await client.disconnect()
+    answers = [t.text for t in rec.of("transcript") if t.final and t.role == "assistant"]
+    assert answers[-1] == "Primary."
+    assert len(primary.connections) == 2 and len(fallback.connections) == 1
+    assert [f[2] for f in client.failovers] == ["unreachable", "recovered"]
+
+
+async def test_a_session_started_on_the_fallback_waits_before_moving_back() -> None:
+    """A session whose connect skipped the primary has switched too: the minimum time on the
+    fallback counts from that connect (the primary's breaker is closed after one refusal)."""
+    async with (
+        OpenAISimulator(SimScript(speed=0, tool_call=None)) as primary,
+        OpenAISimulator(SimScript(speed=0, tool_call=None)) as fallback,
+    ):
+        primary.refuse(503)
+        client = fallback_client(primary, fallback, fail_back_after_s=60.0)
+        rec = Recorder(client)
+        await client.connect(RealtimeSessionConfig())
+        assert client.target.model == "gpt-realtime-mini"
+        primary.refuse(None)
+        await Caller(client).utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 1)
+        await no_switch(rec, 0)
+        assert client.target.model == "gpt-realtime-mini" and len(primary.connections) == 0
+        await client.disconnect()
 
 
 async def test_the_failover_gap_over_twenty_runs() -> None:

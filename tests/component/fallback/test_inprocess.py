@@ -350,6 +350,46 @@ async def test_a_session_started_on_the_fallback_waits_before_moving_back() -> N
         await client.disconnect()
 
 
+@pytest.mark.parametrize("why", ["handle_refused", "provider_down"])
+async def test_a_gemini_go_away_it_cannot_resume_moves_to_the_fallback(why: str) -> None:
+    """goAway, then the resume fails: the server forgets the handles (the resume is refused
+    with 1007, ``reconnect_attempts`` is spent) or refuses every upgrade (503). The session
+    moves to the fallback with the conversation instead of ending."""
+    async with (
+        GeminiSimulator(SimScript(reply_text="From Gemini.", speed=0, tool_call=None)) as primary,
+        OpenAISimulator(SimScript(reply_text="From OpenAI.", speed=0, tool_call=None)) as fb,
+    ):
+        client = fallback_client(primary, fb)
+        rec = Recorder(client)
+        await client.connect(RealtimeSessionConfig(instructions="Be brief."))
+        caller = Caller(client)
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 1)
+        if why == "handle_refused":
+            primary._handles.clear()  # every handle the client holds is unknown now
+        else:
+            primary.refuse(503)
+        await primary.go_away(0.5)
+        await rec.wait_for(lambda: rec.count("reconnected") == 1)
+        await caller.utterance()
+        await rec.wait_for(lambda: rec.count("response-done") == 2)
+        await client.disconnect()
+
+    (reconnected,) = rec.of("reconnected")
+    assert (reconnected.strategy, reconnected.reason) == ("failover", "unreachable")
+    assert (reconnected.provider, reconnected.model) == ("openai", "gpt-realtime-mini")
+    assert not [e for e in rec.of("error") if not e.recoverable]
+    assert rec.count("closed") == 1 and rec.names()[-1] == "closed"
+    session = fb.connections[0].received[0]["session"]
+    assert "Be brief." in session["instructions"] and "From Gemini." in session["instructions"]
+    answers = [t.text for t in rec.of("transcript") if t.final and t.role == "assistant"]
+    assert answers == ["From Gemini.", "From OpenAI."]
+    if why == "handle_refused":
+        assert len(primary.connections) == 2  # one resume tried, and refused
+    else:
+        assert primary.rejected and primary.rejected[0].http_status == 503
+
+
 async def test_the_failover_gap_over_twenty_runs() -> None:
     """failure (the socket cut) -> ``reconnected`` on the fallback; p50/p99 printed."""
     gaps: list[float] = []

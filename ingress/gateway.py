@@ -82,6 +82,7 @@ from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTE
 
 from .client import RedisRealtimeClient
 from .media import MediaRouter
+from .refusals import refuse
 from .settings import GatewaySettings
 
 __all__ = [
@@ -996,20 +997,18 @@ class Gateway:
         if self.media.handles(request.path):
             return self.media.process_request(connection, request)
         if self._token and not self._authorized(request.headers.get("Authorization")):
-            response = self._refuse(
-                connection, 401, "unauthorized", "send Authorization: Bearer <token>"
-            )
+            response = refuse(connection, 401, "unauthorized", "send Authorization: Bearer <token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="voicegrid"'
             return response
         try:
             parse_route(request.path)
         except BadRequest as exc:
             reason = "not_found" if exc.status == 404 else "bad_request"
-            return self._refuse(connection, exc.status, reason, str(exc))
+            return refuse(connection, exc.status, reason, str(exc))
         if self.draining:
-            return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
+            return refuse(connection, 503, "draining", "gateway is restarting; retry")
         if len(self.connections) >= self.max_connections:
-            return self._refuse(connection, 503, "full", "gateway is full; retry")
+            return refuse(connection, 503, "full", "gateway is full; retry")
         return None
 
     def _authorized(self, header: str | None) -> bool:
@@ -1017,14 +1016,6 @@ class Gateway:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token
         )
-
-    @staticmethod
-    def _refuse(connection: ServerConnection, status: int, reason: str, text: str) -> Response:
-        GATEWAY_REJECTED.labels(reason).inc()
-        response = connection.respond(status, text + "\n")
-        if status == 503:
-            response.headers["Retry-After"] = "1"
-        return response
 
     async def _serve(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()

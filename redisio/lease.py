@@ -204,11 +204,18 @@ class LeaseScripts:
 
         Its reply is 1 (renewed) or 0 (fenced: the lease is no longer this token).
         """
+        pipe.evalsha(*self.renew_command(lease, idle_ttl_s=idle_ttl_s, fields=fields)[1:])
+
+    def renew_command(
+        self, lease: Lease, *, idle_ttl_s: float, fields: dict[str, bytes] | None = None
+    ) -> tuple[Any, ...]:
+        """The fenced renewal of ``lease`` as a raw ``EVALSHA`` command (:meth:`queue_renew`)."""
         keys = lease.keys
         args: list[Any] = [lease.token, int(lease.ttl_s * 1000), int(idle_ttl_s * 1000)]
         for name, value in (fields or {}).items():
             args += [name, value]
-        pipe.evalsha(self.renew_sha, 4, keys.lease, keys.input, keys.output, keys.state, *args)
+        lk = (keys.lease, keys.input, keys.output, keys.state)
+        return ("EVALSHA", self.renew_sha, len(lk), *lk, *args)
 
     def queue_write(
         self,

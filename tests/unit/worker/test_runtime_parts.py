@@ -146,3 +146,18 @@ def test_passwords_are_redacted_from_cluster_urls_too(url: str) -> None:
     shown = redact_url(url)
     assert "s3cret" not in shown and "***" in shown
 
+
+def test_cluster_urls_become_seed_nodes_and_bad_ones_name_the_value() -> None:
+    from redisio.cluster import _cluster_nodes
+
+    nodes, options = _cluster_nodes("rediss+cluster://u:p%40w@10.0.0.1:7000,[::1]:7001")
+    assert nodes == [("10.0.0.1", 7000), ("::1", 7001)]
+    assert options == {"username": "u", "password": "p@w", "ssl": True}
+    for bad, says in (
+        ("redis+cluster://h1:7000,h2", "node 'h2' is not host:port"),
+        ("redis+cluster://h1:7000/3", "only database 0"),
+        ("redis+cluster://:pw@h1:7000?db=2", "query option 'db'"),
+    ):
+        with pytest.raises(ConfigError, match=says) as info:
+            _cluster_nodes(bad)
+        assert "pw" not in str(info.value).replace("password", "")

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from protocol.backoff import Backoff
@@ -85,7 +86,8 @@ STALE_CONSUMER_S = 600.0
 class CreateHost(Protocol):
     """What the consumer needs from its worker process (``WorkerRuntime``)."""
 
-    redis: ArqRedis
+    redis: Redis
+    queue: ArqRedis
     keys: Keys
     worker_id: str
     health: RedisHealth
@@ -97,7 +99,10 @@ class CreateConsumer:
 
     def __init__(self, host: CreateHost) -> None:
         self.host = host
-        self.redis = host.redis
+        # the create streams and <ns>:live are on the queue's Redis; session records on the
+        # session store (the same Redis unless REDIS_URL is a cluster)
+        self.redis = host.queue
+        self.sessions = host.redis
         self.keys = host.keys
         self._next_claim = 0.0
         self._next_cleanup = time.monotonic() + random.uniform(0, 60)
@@ -214,7 +219,7 @@ class CreateConsumer:
         )
         keys = self.keys.session(request.session_id)
         outcome, status = await claim_session(
-            self.redis, keys, request_id, encode_record(record), ttl_s=IDLE_TTL_S
+            self.sessions, keys, request_id, encode_record(record), ttl_s=IDLE_TTL_S
         )
         if outcome == "taken":
             await self._taken(request_id, request.session_id)
@@ -268,7 +273,7 @@ class CreateConsumer:
         )
         keys = self.keys.session(sid)
         outcome, _ = await claim_session(
-            self.redis,
+            self.sessions,
             keys,
             request_id,
             encode_record(record),
@@ -307,17 +312,19 @@ class CreateConsumer:
 
 
 async def close_unreadable(
-    redis: ArqRedis,
+    redis: Redis,
     keys: Keys,
     session: SessionKeys,
     raw: Mapping[Any, Any],
     error: StreamEntryError,
     *,
     epoch: int,
+    queue: Redis | None = None,
 ) -> None:
     """A session whose record cannot be read (this worker holds its lease): end it visibly,
     with ``error`` (``malformed_record``), the failed ``connect`` acknowledgement of a new
-    session and ``closed``, instead of deleting it under its producer's feet."""
+    session and ``closed``, instead of deleting it under its producer's feet. ``queue``: the
+    Redis of ``<ns>:live`` when it is not ``redis`` (a cluster deployment)."""
     request = raw.get(b"req") or raw.get("req")
     ref = None
     if epoch == 1:
@@ -330,5 +337,8 @@ async def close_unreadable(
         pipe.delete(session.lease)
         for key in (session.state, session.input, session.output):
             pipe.pexpire(key, CLOSED_TTL_S * 1000)
-        pipe.zrem(keys.live, session.session_id)
+        if queue is None or queue is redis:
+            pipe.zrem(keys.live, session.session_id)
         await pipe.execute()
+    if queue is not None and queue is not redis:
+        await queue.zrem(keys.live, session.session_id)

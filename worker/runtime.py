@@ -45,9 +45,18 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from protocol.backoff import Backoff
 from protocol.errors import InvalidSessionId, StreamEntryError
-from protocol.keys import Keys, validate_session_id
+from protocol.keys import Keys, SessionKeys, validate_session_id
 from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, SCHEMA_VERSION, decode_record
-from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.cluster import (
+    GroupedPipelines,
+    RedisStores,
+    ShardedReader,
+    ShardedWriter,
+    SlotPipe,
+    check_stores,
+    open_stores,
+)
+from redisio.connection import REDIS_ERRORS, RETRY_REPLIES, RedisHealth
 from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
 from redisio.lease import LeaseScripts
@@ -65,7 +74,7 @@ from redisio.metrics import (
     TAKEOVERS,
     WORKER_DRAINING,
 )
-from redisio.pumps import OutputWriter, StreamReader
+from redisio.pumps import OutputPump, OutputWriter, ReaderPump, StreamReader
 
 from .admission import HEARTBEAT_S, AdmissionGate, LoopLagMeter
 from .creation import CreateConsumer, close_unreadable
@@ -88,6 +97,8 @@ JOB_TIMEOUT_S = 6 * 3600
 POLL_DELAY_S = 0.05
 #: How often the trailing input cursors are saved.
 CHECKPOINT_INTERVAL_S = 0.1
+#: How soon renewals that failed (Redis or one shard unreachable) are tried again.
+RENEW_RETRY_S = 0.1
 
 
 class WorkerRuntime:
@@ -95,24 +106,40 @@ class WorkerRuntime:
 
     def __init__(self, settings: WorkerSettings, *, redis: ArqRedis | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace)
         self.worker_id = settings.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.redis = redis or open_redis(settings.redis_url, queue=self.keys.queue)
+        # the session keys' Redis (a cluster, or the one Redis) and the queue's (redisio.cluster)
+        self.stores = (
+            open_stores(settings)
+            if redis is None
+            else RedisStores.single(redis, Keys(settings.namespace))
+        )
+        self.keys = self.stores.keys
+        self.redis = self.stores.sessions
+        self.queue = self.stores.queue
         self._own_redis = redis is None
         self.health = RedisHealth()
         self.scripts = LeaseScripts(self.redis)
         linger = settings.batch_linger_s
-        self.reader = StreamReader(self.redis, self.keys, self.health, linger_s=linger)
-        self.writer = OutputWriter(
-            self.redis,
-            self.scripts,
-            self.health,
-            maxlen=OUTPUT_MAXLEN,
-            version=str(SCHEMA_VERSION).encode(),
-            linger_s=linger,
-        )
+        self.reader: ReaderPump
+        self.writer: OutputPump
+        if self.stores.cluster is None:
+            self.reader = StreamReader(self.redis, self.keys, self.health, linger_s=linger)
+            self.writer = self._output_writer(linger_s=linger)
+        else:
+            # one pump per bucket, one round trip per node (redisio.cluster)
+            self.reader = ShardedReader(self.stores, self.health, linger_s=linger)
+            self.writer = ShardedWriter(
+                self.stores,
+                lambda pipe: self._output_writer(linger_s=0.0, conn=pipe),
+                lambda source: source.lease.keys.tag,
+                linger_s=linger,
+            )
+        #: the renewer's and the reaper's pipelines: a shard that fails delays only its own
+        #: sessions' renewals and checks
+        self._renewals = GroupedPipelines(self.stores, timeout_s=settings.lease_renew_s)
+        self._reaps = GroupedPipelines(self.stores, timeout_s=settings.lease_renew_s)
         self.sessions: dict[str, SessionRunner] = {}
         self.draining = False
         self.arq: Worker | None = None
@@ -128,6 +155,17 @@ class WorkerRuntime:
         #: turns ``<ns>:create`` requests into sessions (any Redis client can create one)
         self.creator = CreateConsumer(self)
 
+    def _output_writer(self, *, linger_s: float, conn: SlotPipe | None = None) -> OutputWriter:
+        return OutputWriter(
+            self.redis,
+            self.scripts,
+            self.health,
+            maxlen=OUTPUT_MAXLEN,
+            version=str(SCHEMA_VERSION).encode(),
+            linger_s=linger_s,
+            conn=conn,
+        )
+
     # --- start and stop ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -135,6 +173,8 @@ class WorkerRuntime:
         backoff = Backoff(first=0.2)
         while True:
             try:
+                if self._own_redis:
+                    await check_stores(self.stores, self.settings)
                 await self.scripts.load()
                 break
             except REDIS_ERRORS as exc:
@@ -197,8 +237,10 @@ class WorkerRuntime:
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         if self.http is not None:
             await self.http.stop()
+        await self._renewals.close()
+        await self._reaps.close()
         if self._own_redis:
-            await self.redis.aclose(close_connection_pool=True)
+            await self.stores.aclose()
 
     @property
     def ready(self) -> bool:
@@ -288,7 +330,7 @@ class WorkerRuntime:
         if lease is None:
             log.info("job %s not run: lease %s", job_id, why)
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.queue.pipeline(transaction=False) as pipe:
             # out of arq's queue: the lease and the reaper keep this session alive from now on
             pipe.zrem(self.keys.queue, job_id)
             pipe.zadd(self.keys.live, {session_id: self._deadline_ms()})
@@ -296,13 +338,18 @@ class WorkerRuntime:
                 old = self.keys.job_id(session_id, epoch - 1)
                 pipe.delete(job_key_prefix + old, in_progress_key_prefix + old)
                 pipe.delete(retry_key_prefix + old)
-            pipe.hgetall(keys.state)
+            if self.queue is self.redis:
+                pipe.hgetall(keys.state)
             replies = await pipe.execute()
+        if self.queue is not self.redis:
+            replies.append(await self.redis.hgetall(keys.state))  # type: ignore[misc]
         try:
             record = decode_record(replies[-1])
         except StreamEntryError as exc:
             log.error("session %s has a malformed record (%s); closing it", session_id, exc)
-            await close_unreadable(self.redis, self.keys, keys, replies[-1], exc, epoch=epoch)
+            await close_unreadable(
+                self.redis, self.keys, keys, replies[-1], exc, epoch=epoch, queue=self.queue
+            )
             return
         runner = SessionRunner(self, lease, record)
         if runner.kind == "takeover":
@@ -333,7 +380,7 @@ class WorkerRuntime:
             log.info("session %s epoch %d ended (%s)", session_id, epoch, reason)
         if reason in ("closed", "error"):
             with contextlib.suppress(*REDIS_ERRORS):
-                await self.redis.zrem(self.keys.live, session_id)
+                await self.queue.zrem(self.keys.live, session_id)
 
     def released(self, runner: SessionRunner) -> None:
         """A hand-off's lease release was written: enqueue the next epoch for another worker."""
@@ -347,8 +394,8 @@ class WorkerRuntime:
         backoff = Backoff()
         for _ in range(20):
             try:
-                await enqueue_session(self.redis, self.keys, sid, runner.lease.epoch + 1)
-                await self.redis.zadd(self.keys.live, {sid: int(time.time() * 1000)})
+                await enqueue_session(self.queue, self.keys, sid, runner.lease.epoch + 1)
+                await self.queue.zadd(self.keys.live, {sid: int(time.time() * 1000)})
                 return
             except REDIS_ERRORS:
                 await backoff.wait()
@@ -375,29 +422,47 @@ class WorkerRuntime:
             ]
             if not runners:
                 continue
-            pipe = self.redis.pipeline(transaction=False)
+            # per bucket (hash tag) the fenced renewals of its sessions: one round trip per node
+            groups: dict[str, list[SessionRunner]] = {}
             for runner in runners:
-                self.scripts.queue_renew(
-                    pipe, runner.lease, idle_ttl_s=IDLE_TTL_S, fields=runner.renew_fields()
-                )
-            deadline = self._deadline_ms()
-            pipe.zadd(self.keys.live, {r.session_id: deadline for r in runners})
+                groups.setdefault(runner.lease.keys.tag, []).append(runner)
+            commands = {
+                tag: [
+                    self.scripts.renew_command(
+                        r.lease, idle_ttl_s=IDLE_TTL_S, fields=r.renew_fields()
+                    )
+                    for r in members
+                ]
+                for tag, members in groups.items()
+            }
             sent = time.monotonic()
             started = time.perf_counter()
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except REDIS_ERRORS as exc:
-                self.health.failed(exc)
-                log.warning("lease renewal failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.1)
-                self._renew_now.set()
-                continue
-            REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
-            self.health.ok()
-            for runner, reply in zip(runners, replies, strict=False):
+            results = await self._renewals.execute(commands)
+            failed = [r for r in results.values() if isinstance(r, BaseException)]
+            if len(failed) < len(results):
+                REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
+                self.health.ok()
+            if failed:
+                # those sessions renew again shortly (each holds input once its lease is old)
+                self.health.failed(failed[0])
+                log.warning(
+                    "lease renewal of %d of %d buckets failed (%s); retrying",
+                    len(failed),
+                    len(results),
+                    type(failed[0]).__name__,
+                )
+                self._renew_again_soon()
+            with contextlib.suppress(*REDIS_ERRORS):
+                deadline = self._deadline_ms()
+                await self.queue.zadd(self.keys.live, {r.session_id: deadline for r in runners})
+            for runner, reply in _replies(groups, results):
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    continue  # its node failed: renewed again soon
                 if isinstance(reply, NoScriptError):
                     await self.scripts.load()
                     self._renew_now.set()
+                elif isinstance(reply, RETRY_REPLIES):
+                    self._renew_again_soon()  # a slot moving or failing over
                 elif isinstance(reply, ResponseError):
                     log.error("lease renewal rejected: %s", reply)
                 elif int(reply) == 1:
@@ -405,6 +470,10 @@ class WorkerRuntime:
                     runner.lease_renewed()
                 else:
                     runner.batch_fenced()
+
+    def _renew_again_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(RENEW_RETRY_S, self._renew_now.set)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -437,30 +506,53 @@ class WorkerRuntime:
         """One reaper pass; returns how many sessions it re-enqueued."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        expired = await self.redis.zrangebyscore(self.keys.live, "-inf", now_ms, start=0, num=200)
+        expired = await self.queue.zrangebyscore(self.keys.live, "-inf", now_ms, start=0, num=200)
         enqueued = 0
+        # the records and leases of the expired sessions, per bucket: one round trip per node,
+        # and a shard that is down skips only its own sessions (the next pass sees them again)
+        groups: dict[str, list[tuple[bytes, str, SessionKeys]]] = {}
         for raw in expired:
             sid = raw.decode() if isinstance(raw, bytes) else str(raw)
             try:
                 keys = self.keys.session(validate_session_id(sid))
             except InvalidSessionId:
-                await self.redis.zrem(self.keys.live, raw)
+                await self.queue.zrem(self.keys.live, raw)
                 continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.state, ["status", "epoch"])
-                pipe.exists(keys.lease)
-                (status, epoch_raw), leased = await pipe.execute()
-            if status is None or status == b"closed":
-                await self.redis.zrem(self.keys.live, raw)
+            groups.setdefault(keys.tag, []).append((raw, sid, keys))
+        results = await self._reaps.execute(
+            {
+                tag: [
+                    command
+                    for _, _, keys in members
+                    for command in (
+                        ("HMGET", keys.state, "status", "epoch"),
+                        ("EXISTS", keys.lease),
+                    )
+                ]
+                for tag, members in groups.items()
+            }
+        )
+        for tag, members in groups.items():
+            replies = results[tag]
+            if isinstance(replies, BaseException):
+                self.health.failed(replies)
                 continue
-            if leased:
-                continue
-            epoch = int(epoch_raw or 0) + 1
-            if await enqueue_session(self.redis, self.keys, sid, epoch):
-                enqueued += 1
-                log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
-            else:
-                await self._unstick(sid, epoch)
+            for index, (raw, sid, _) in enumerate(members):
+                state, leased = replies[2 * index], replies[2 * index + 1]
+                if isinstance(state, BaseException) or isinstance(leased, BaseException):
+                    continue  # e.g. its slot is mid-migration: the next pass sees it again
+                status, epoch_raw = state
+                if status is None or status == b"closed":
+                    await self.queue.zrem(self.keys.live, raw)
+                    continue
+                if leased:
+                    continue
+                epoch = int(epoch_raw or 0) + 1
+                if await enqueue_session(self.queue, self.keys, sid, epoch):
+                    enqueued += 1
+                    log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
+                else:
+                    await self._unstick(sid, epoch)
         REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
         return enqueued
 
@@ -469,16 +561,30 @@ class WorkerRuntime:
         arq would keep it "in progress" for hours; free it so another worker runs it."""
         job_id = self.keys.job_id(session_id, epoch)
         in_progress = in_progress_key_prefix + job_id
-        ttl_ms = await self.redis.pttl(in_progress)
+        ttl_ms = await self.queue.pttl(in_progress)
         if ttl_ms is None or ttl_ms < 0 or self.arq is None:
             return
         age_s = self.arq.in_progress_timeout_s - ttl_ms / 1000
         if age_s > 2 * self.settings.lease_ttl_s:
             log.warning("reaper: job %s stuck in progress for %.1fs; freeing it", job_id, age_s)
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.queue.pipeline(transaction=False) as pipe:
                 pipe.delete(in_progress)
                 pipe.zadd(self.keys.queue, {job_id: int(time.time() * 1000)})
                 await pipe.execute()
+
+
+def _replies(
+    groups: dict[str, list[SessionRunner]], results: dict[str, list[Any] | BaseException]
+) -> list[tuple[SessionRunner, Any]]:
+    """Each runner with the reply to its renewal (or its group's exception)."""
+    pairs: list[tuple[SessionRunner, Any]] = []
+    for tag, members in groups.items():
+        result = results[tag]
+        if isinstance(result, BaseException):
+            pairs += [(runner, result) for runner in members]
+        else:
+            pairs += zip(members, result, strict=True)
+    return pairs
 
 
 async def _session_job(ctx: dict[str, Any], session_id: str, epoch: int) -> None:
@@ -491,7 +597,7 @@ def arq_worker(runtime: WorkerRuntime) -> Worker:
     settings = runtime.settings
     return Worker(
         functions=[func(_session_job, name=JOB_NAME, timeout=JOB_TIMEOUT_S, max_tries=1)],
-        redis_pool=runtime.redis,
+        redis_pool=runtime.queue,
         queue_name=runtime.keys.queue,
         max_jobs=settings.max_sessions,
         job_timeout=JOB_TIMEOUT_S,

@@ -82,7 +82,7 @@ from redisio.metrics import (
     RESUMPTIONS,
     TOOL_CALL_ROUNDTRIP,
 )
-from redisio.pumps import OutputWriter, StreamReader, WriteBatch
+from redisio.pumps import OutputPump, ReaderPump, WriteBatch
 
 from .conversation import ConversationLog, replay_config
 from .settings import WorkerSettings
@@ -92,8 +92,8 @@ class SessionHost(Protocol):
     """What a session needs from the worker process that runs it (``WorkerRuntime``)."""
 
     settings: WorkerSettings
-    reader: StreamReader
-    writer: OutputWriter
+    reader: ReaderPump
+    writer: OutputPump
 
     def renew_soon(self) -> None:
         """Renew the leases now (a session just learned something worth saving)."""

@@ -96,8 +96,8 @@ TRYAGAIN_PAUSE_S = 0.02
 _FAILED: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 #: Seconds to connect to one node: a dead node must not hold a pump for long.
 NODE_CONNECT_TIMEOUT_S = 2.0
-#: Seconds a reply from a node may take (blocking reads block for 1 s).
-NODE_SOCKET_TIMEOUT_S = 10.0
+#: Seconds a pump waits for a node's reply (on top of a blocking read's own block time).
+NODE_REPLY_TIMEOUT_S = 10.0
 
 
 def hash_tag(key: str | bytes) -> str:
@@ -164,8 +164,9 @@ def open_cluster(url: str) -> RedisCluster:
         # a slot whose shard is down must not stop the client from serving the others
         require_full_coverage=False,
         socket_connect_timeout=NODE_CONNECT_TIMEOUT_S,
-        # nothing waits forever on a node that stopped answering (longer than a blocking read)
-        socket_timeout=NODE_SOCKET_TIMEOUT_S,
+        # no socket_timeout: redis-py then sends through asyncio.wait_for, which on Python 3.11
+        # can swallow a task's cancellation (a pump would never stop); the pumps bound their
+        # own round trips with asyncio.timeout instead (NODE_REPLY_TIMEOUT_S)
         socket_keepalive=True,
         health_check_interval=10,
         **options,
@@ -314,7 +315,8 @@ class NodeMux:
             if not batch:
                 continue
             try:
-                replies = await self._conn.pipeline([c for cs, _ in batch for c in cs])
+                async with asyncio.timeout(NODE_REPLY_TIMEOUT_S):
+                    replies = await self._conn.pipeline([c for cs, _ in batch for c in cs])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -413,7 +415,12 @@ class ClusterRouter:
             raise
         for _ in range(MAX_REDIRECTS):
             moved = [i for i, r in enumerate(replies) if isinstance(r, MovedError)]
-            asked = [i for i, r in enumerate(replies) if isinstance(r, AskError)]
+            # (redis-py's MovedError is a subclass of AskError)
+            asked = [
+                i
+                for i, r in enumerate(replies)
+                if isinstance(r, AskError) and not isinstance(r, MovedError)
+            ]
             if not moved and not asked:
                 break
             if moved:
@@ -502,7 +509,8 @@ class BucketReads:
                 await conn.close()
             conn = self._blocking = NodeConnection(node)
         try:
-            return await conn.xread(streams, count=count, block_ms=block_ms)
+            async with asyncio.timeout(block_ms / 1000 + NODE_REPLY_TIMEOUT_S):
+                return await conn.xread(streams, count=count, block_ms=block_ms)
         except REDIS_ERRORS:
             await self.router.topology.refresh()
             raise
@@ -667,7 +675,8 @@ class GroupedPipelines:
         if self._conn is not None:
             flat = [c for commands in groups.values() for c in commands]
             try:
-                replies = await asyncio.wait_for(self._conn.pipeline(flat), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # not wait_for: see open_cluster
+                    replies = await self._conn.pipeline(flat)
             except _FAILED as exc:
                 return dict.fromkeys(groups, exc)
             out: dict[str, list[Any] | BaseException] = {}
@@ -681,9 +690,8 @@ class GroupedPipelines:
 
         async def one(tag: str, commands: Sequence[Command]) -> list[Any] | BaseException:
             try:
-                replies: list[Any] = await asyncio.wait_for(
-                    router.call(key_slot(tag), commands), self.timeout_s
-                )
+                async with asyncio.timeout(self.timeout_s):
+                    replies: list[Any] = await router.call(key_slot(tag), commands)
                 return replies
             except _FAILED as exc:
                 return exc

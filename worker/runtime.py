@@ -452,9 +452,7 @@ class WorkerRuntime:
                     type(failed[0]).__name__,
                 )
                 self._renew_again_soon()
-            with contextlib.suppress(*REDIS_ERRORS):
-                deadline = self._deadline_ms()
-                await self.queue.zadd(self.keys.live, {r.session_id: deadline for r in runners})
+            renewed: list[SessionRunner] = []
             for runner, reply in _replies(groups, results):
                 if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
                     continue  # its node failed: renewed again soon
@@ -468,8 +466,15 @@ class WorkerRuntime:
                 elif int(reply) == 1:
                     runner.lease.renewed(sent)
                     runner.lease_renewed()
+                    renewed.append(runner)
                 else:
                     runner.batch_fenced()
+            if renewed:
+                # only renewed leases move their <ns>:live deadline: a session whose shard is
+                # down must look expired to the reapers once its lease is gone
+                with contextlib.suppress(*REDIS_ERRORS):
+                    deadline = self._deadline_ms()
+                    await self.queue.zadd(self.keys.live, {r.session_id: deadline for r in renewed})
 
     def _renew_again_soon(self) -> None:
         loop = asyncio.get_running_loop()

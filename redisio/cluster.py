@@ -92,6 +92,9 @@ REFRESH_INTERVAL_S = 0.25
 MAX_REDIRECTS = 3
 #: How long a reader lane waits before reading a bucket again that is mid-migration.
 TRYAGAIN_PAUSE_S = 0.02
+#: Longest wait of a bucket's pump between attempts while its node is unreachable: a shard's
+#: replica takes over within seconds, and a lane retrying a dead node costs little.
+LANE_BACKOFF_CAP_S = 0.25
 #: What fails one group of :class:`GroupedPipelines` (the others go on).
 _FAILED: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 #: Seconds to connect to one node: a dead node must not hold a pump for long.
@@ -607,6 +610,8 @@ class ShardedReader(_Lanes):
 
 
 class _BucketReader(StreamReader):
+    backoff_cap_s = LANE_BACKOFF_CAP_S
+
     async def _wake(self) -> None:
         try:
             await super()._wake()
@@ -643,6 +648,7 @@ class ShardedWriter(_Lanes, Generic[Source]):
         lane = self.lanes.get(tag)
         if lane is None:
             lane = self.lanes[tag] = self._make(SlotPipe(self.router, key_slot(tag)))
+            lane.backoff_cap_s = LANE_BACKOFF_CAP_S
             self._start(tag, lane.run)
         return lane
 

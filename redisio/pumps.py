@@ -82,6 +82,9 @@ class StreamReader:
     """One blocking ``XREAD`` over many streams (a worker's input streams, an ingress's output
     streams), each delivered to its consumer; a private wake stream lets ``add`` interrupt it."""
 
+    #: longest wait between two attempts while Redis is unreachable
+    backoff_cap_s = 2.0
+
     def __init__(
         self,
         redis: Redis,
@@ -126,7 +129,7 @@ class StreamReader:
 
     async def run(self) -> None:
         """Read until cancelled."""
-        backoff = Backoff()
+        backoff = Backoff(cap=self.backoff_cap_s)
         # start the wake cursor at a concrete id so a wake-up between two reads is not missed
         await self._wake()
         try:
@@ -188,6 +191,8 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
 
     #: the ``REDIS_COMMAND_LATENCY`` label of this writer's round trips
     latency_label = "write"
+    #: longest wait between two attempts while Redis is unreachable
+    backoff_cap_s = 2.0
 
     def __init__(
         self,
@@ -256,7 +261,7 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
             await self._conn.close()
 
     async def _rounds(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=self.backoff_cap_s)
         clock = asyncio.get_running_loop().time
         started = clock()
         while True:

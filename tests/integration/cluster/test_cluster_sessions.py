@@ -229,7 +229,9 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
         await asyncio.sleep(1.0)
 
         primary = setup.cluster.primary_of("{" + tag + "}")
+        marker = f"session {sid}"
         killed_at = time.monotonic()
+        sent_at_kill = call.sent
         primary.kill(signal.SIGKILL)
         # the replica is promoted after cluster-node-timeout (1 s) and an election
         async with asyncio.timeout(scaled(20)):
@@ -238,25 +240,44 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
             ):
                 await asyncio.sleep(0.05)
         promoted_at = time.monotonic()
+        # caller audio flows again once the ingress and the worker reach the new primary
+        await sim.wait_for(
+            lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
+            timeout=scaled(20),
+        )
+        flowing_at = time.monotonic()
         audio_at, _ = await timeline.wait("audio", after=promoted_at, within=20)
         await asyncio.sleep(1.0)
         await call.stop()
         await bystander_call.stop()
         sent = call.sent
 
-        # what the failover lost: caller frames Redis acknowledged that no provider got
+        # what the failover lost: caller frames Redis acknowledged that no provider got, and
+        # model audio the provider sent that never reached the caller (async replication)
         await asyncio.sleep(scaled(2))
-        lost = sorted(set(range(sent)) - set(frames_of(sim, f"session {sid}")))
+        lost = sorted(set(range(sent)) - set(frames_of(sim, marker)))
+        deltas = sum(
+            1
+            for conn in sim.connections
+            if any(marker in str(f.get("session", {})) for f in conn.received)
+            for f in conn.sent
+            if f.get("type") == "response.output_audio.delta"
+        )
+        heard = sum(1 for _, name, _ in timeline.events if name == "audio")
         takeover = timeline.first("reconnected", after=killed_at)
         print(
-            f"\nprimary failover: replica promoted {promoted_at - killed_at:.2f}s after SIGKILL; "
-            f"model audio again {audio_at - killed_at:.2f}s after; "
-            f"{'a takeover' if takeover else 'no takeover'}; {sent} caller frames, "
-            f"{len(lost)} lost {lost[:10]}"
+            f"\nprimary failover: replica promoted {promoted_at - killed_at:.2f}s after SIGKILL, "
+            f"caller audio at the provider again {flowing_at - killed_at:.2f}s after, model "
+            f"audio {audio_at - killed_at:.2f}s after; {'a' if takeover else 'no'} takeover; "
+            f"caller frames: {sent} sent, {len(lost)} lost {lost[:10]}; model audio deltas: "
+            f"{deltas} sent by the provider, {heard} heard"
         )
         # the session goes on; at most the last moments before the kill are lost
         assert await client.ping()
         assert len(lost) <= 10
+        # the session on the healthy shard noticed nothing: no takeover, every frame arrived
         assert await bystander.ping()
         assert not bystander_timeline.first("reconnecting")
+        bystander_frames = frames_of(sim, f"session {other}")
+        assert set(bystander_frames) >= set(range(bystander_call.sent))
         await asyncio.gather(client.disconnect(), bystander.disconnect())

@@ -72,10 +72,10 @@ from protocol import (
     parse_update,
 )
 from protocol.events import EVENT_NAMES
-from protocol.keys import Keys, validate_session_id
+from protocol.keys import validate_session_id
 from protocol.streams import decode_record, entry_id_key
 from providers.transport import NoDebugLogger
-from redisio.cluster import RedisStores, check_stores, open_stores
+from redisio.cluster import check_stores, open_stores
 from redisio.connection import REDIS_ERRORS, RedisHealth
 from redisio.http import HealthServer
 from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTED
@@ -873,11 +873,7 @@ class Gateway:
         self.start_timeout_s = start_timeout_s
         self.connect_timeout_s = connect_timeout_s
         # the session keys' Redis (a cluster, or the one Redis) and the queue's (redisio.cluster)
-        self.stores = (
-            open_stores(settings)
-            if redis is None
-            else RedisStores.single(redis, Keys(settings.namespace))
-        )
+        self.stores = open_stores(settings, redis)
         self.keys = self.stores.keys
         self.redis = self.stores.sessions
         self._own_redis = redis is None

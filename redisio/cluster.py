@@ -204,8 +204,11 @@ class RedisStores:
         await self.queue.aclose(close_connection_pool=True)
 
 
-def open_stores(settings: CommonSettings) -> RedisStores:
-    """The clients ``settings`` asks for (nothing connects until first used)."""
+def open_stores(settings: CommonSettings, redis: ArqRedis | None = None) -> RedisStores:
+    """The clients ``settings`` asks for (nothing connects until first used); with ``redis``
+    (tests, embedding) that one client for everything, in the single-node layout."""
+    if redis is not None:
+        return RedisStores.single(redis, Keys(settings.namespace))
     keys = settings.key_layout()
     queue = open_redis(settings.queue_redis_url, queue=keys.queue)
     if not settings.cluster:

@@ -45,11 +45,10 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from protocol.backoff import Backoff
 from protocol.errors import InvalidSessionId, StreamEntryError
-from protocol.keys import Keys, SessionKeys, validate_session_id
+from protocol.keys import SessionKeys, validate_session_id
 from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, SCHEMA_VERSION, decode_record
 from redisio.cluster import (
     GroupedPipelines,
-    RedisStores,
     ShardedReader,
     ShardedWriter,
     SlotPipe,
@@ -110,11 +109,7 @@ class WorkerRuntime:
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         # the session keys' Redis (a cluster, or the one Redis) and the queue's (redisio.cluster)
-        self.stores = (
-            open_stores(settings)
-            if redis is None
-            else RedisStores.single(redis, Keys(settings.namespace))
-        )
+        self.stores = open_stores(settings, redis)
         self.keys = self.stores.keys
         self.redis = self.stores.sessions
         self.queue = self.stores.queue

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from redisio.cluster import open_cluster
 
 from ...support.cluster import LocalCluster, RedisServer, cluster_port, have_redis_server
 from ...support.timing import scaled
-from ..runtime.conftest import Caller, Timeline, WorkerProcess
+from ..runtime.conftest import Caller, Timeline, WorkerProcess, worker_env
 
 __all__ = ["ClusterSetup", "start_cluster_call"]
 
@@ -108,19 +108,8 @@ def start_workers(namespace: str, tmp_path: Path) -> Iterator[Callable[..., Work
     started: list[WorkerProcess] = []
 
     def start(name: str, setup: ClusterSetup, sim_url: str, **env: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            name,
-            {
-                "REDIS_URL": setup.url,
-                "VOICEGRID_QUEUE_URL": setup.queue_url,
-                "VOICEGRID_NAMESPACE": namespace,
-                "VOICEGRID_OPENAI_URL": sim_url,
-                "OPENAI_API_KEY": "sk-integration-test",
-                "VOICEGRID_LOG_LEVEL": "INFO",
-                **env,
-            },
-            tmp_path,
-        )
+        env = {"VOICEGRID_QUEUE_URL": setup.queue_url, **env}
+        worker = WorkerProcess(name, worker_env(setup.url, namespace, sim_url, **env), tmp_path)
         started.append(worker)
         return worker
 
@@ -188,11 +177,3 @@ async def start_cluster_call(
     call.start()
     await timeline.wait("audio", within=15)
     return client, owner, timeline, call, pair
-
-
-@pytest.fixture
-async def cleanup_clients() -> AsyncIterator[list[RedisRealtimeClient]]:
-    clients: list[RedisRealtimeClient] = []
-    yield clients
-    for client in clients:
-        await client.detach()

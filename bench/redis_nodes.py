@@ -45,9 +45,13 @@ async def server_cpu(stores: RedisStores) -> dict[str, float]:
 
 
 async def server_commands(stores: RedisStores) -> dict[str, tuple[int, int]]:
-    """``INFO commandstats`` summed over the servers: command -> (calls, microseconds)."""
+    """``INFO commandstats`` summed over the primaries and the queue Redis (replicas replay
+    their primary's writes): command -> (calls, microseconds)."""
     total: dict[str, tuple[int, int]] = {}
-    for info in (await _per_server(stores, "commandstats")).values():
+    servers = await _per_server(stores, "commandstats")
+    for server, info in servers.items():
+        if server.startswith("replica "):
+            continue
         for name, stat in info.items():
             if isinstance(stat, dict):
                 calls, usec = total.get(name.removeprefix("cmdstat_"), (0, 0))

@@ -42,6 +42,7 @@ from typing import Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from arq.connections import ArqRedis
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
@@ -177,7 +178,23 @@ def open_cluster(url: str) -> RedisCluster:
     # every node the client discovers from here on packs commands with hiredis
     kwargs = cluster.nodes_manager.connection_kwargs
     kwargs["connection_class"] = fast_packing(kwargs["connection_class"])
+    cluster.commands_parser = _CommandsOnce()
     return cluster
+
+
+class _CommandsOnce(AsyncCommandsParser):
+    """redis-py re-reads ``COMMAND`` from the first primary at every re-discovery of the cluster
+    (after any connection error), and fails while that primary is down: then every command of
+    the client fails, on every shard, until a replica takes over. ``COMMAND``'s answer is the
+    same on every node, so it is read once."""
+
+    __slots__ = ()
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if node is not None:
+            self.node = node
+        if not self.commands:
+            await super().initialize(node)
 
 
 @dataclasses.dataclass(eq=False)
@@ -351,11 +368,16 @@ class Topology:
 
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
+        self._ready = False
         self._refreshing: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
 
     async def ready(self) -> None:
-        await self.cluster.initialize()
+        """The slot map is known (after that, :meth:`refresh` keeps it current: the client's
+        own re-initialisation after a connection error is not waited for)."""
+        if not self._ready:
+            await self.cluster.initialize()
+            self._ready = True
 
     def node_for_slot(self, slot: int) -> ClusterNode:
         """The primary of ``slot`` (``SlotNotCoveredError`` if the map has none)."""

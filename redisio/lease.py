@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from protocol.keys import SessionKeys
 
@@ -174,9 +176,29 @@ class LeaseScripts:
         self.write_sha = _sha(WRITE)
 
     async def load(self) -> None:
-        """Load every script into the server's script cache."""
-        for source in self.SOURCES:
-            await self.redis.script_load(source)
+        """Load every script into the server's script cache (on a Redis Cluster: into every
+        primary that answers; one that does not gets them at its next ``NOSCRIPT``, and a
+        failing shard must not fail the callers, the writer and the renewer, for the others).
+        Raises when no server took them."""
+        if not isinstance(self.redis, RedisCluster):
+            for source in self.SOURCES:
+                await self.redis.script_load(source)
+            return
+        try:
+            await self.redis.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        loaded = 0
+        failure: BaseException | None = None
+        for node in self.redis.get_primaries():
+            try:
+                for source in self.SOURCES:
+                    await self.redis.execute_command("SCRIPT LOAD", source, target_nodes=node)
+                loaded += 1
+            except (RedisError, RedisClusterException, OSError) as exc:
+                failure = exc
+        if not loaded:
+            raise RedisConnectionError(f"no cluster primary took the scripts: {failure!r}")
 
     async def acquire(
         self, keys: SessionKeys, *, epoch: int, worker_id: str, ttl_s: float

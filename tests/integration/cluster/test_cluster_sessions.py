@@ -232,6 +232,8 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
         marker = f"session {sid}"
         killed_at = time.monotonic()
         sent_at_kill = call.sent
+        bystander_marker = f"session {other}"
+        bystander_at_kill = len(frames_of(sim, bystander_marker))
         primary.kill(signal.SIGKILL)
         # the replica is promoted after cluster-node-timeout (1 s) and an election
         async with asyncio.timeout(scaled(20)):
@@ -240,6 +242,9 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
             ):
                 await asyncio.sleep(0.05)
         promoted_at = time.monotonic()
+        # meanwhile the session on a healthy shard kept flowing (its frames arrive in real time)
+        bystander_during = len(frames_of(sim, bystander_marker)) - bystander_at_kill
+        due = (promoted_at - killed_at) / 0.02
         # caller audio flows again once the ingress and the worker reach the new primary
         await sim.wait_for(
             lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
@@ -270,7 +275,8 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
             f"caller audio at the provider again {flowing_at - killed_at:.2f}s after, model "
             f"audio {audio_at - killed_at:.2f}s after; {'a' if takeover else 'no'} takeover; "
             f"caller frames: {sent} sent, {len(lost)} lost {lost[:10]}; model audio deltas: "
-            f"{deltas} sent by the provider, {heard} heard"
+            f"{deltas} sent by the provider, {heard} heard; the session on another shard "
+            f"got {bystander_during} of {due:.0f} frames meanwhile"
         )
         # the session goes on; at most the last moments before the kill are lost
         assert await client.ping()
@@ -278,6 +284,7 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
         # the session on the healthy shard noticed nothing: no takeover, every frame arrived
         assert await bystander.ping()
         assert not bystander_timeline.first("reconnecting")
+        assert bystander_during >= due - 25  # at most half a second behind
         bystander_frames = frames_of(sim, f"session {other}")
         assert set(bystander_frames) >= set(range(bystander_call.sent))
         await asyncio.gather(client.disconnect(), bystander.disconnect())

@@ -452,7 +452,8 @@ class WorkerRuntime:
                 if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
                     continue  # its node failed: renewed again soon
                 if isinstance(reply, NoScriptError):
-                    await self.scripts.load()
+                    with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the retry reloads
+                        await self.scripts.load()
                     self._renew_now.set()
                 elif isinstance(reply, RETRY_REPLIES):
                     self._renew_again_soon()  # a slot moving or failing over

@@ -1,4 +1,8 @@
-"""Run every benchmark, print the tables and write ``bench/results.json``."""
+"""Run every benchmark, print the tables, write ``bench/results.json`` and the sweep's plot.
+
+By default the runtime benchmark sweeps 20, 50, 100 and 200 sessions (10 s each);
+``--sweep`` names other loads, ``--sessions N`` runs one load, ``--quick`` is a smoke run.
+"""
 
 from __future__ import annotations
 
@@ -10,43 +14,82 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import audio, runtime
+from bench import audio, runtime, sweep
 
 #: ``--quick``: a smoke run of the runtime benchmark (well under a minute).
 QUICK_SESSIONS = 20
 QUICK_SECONDS = 5.0
+#: Measured seconds per setup and load unless ``--seconds`` says otherwise.
+DEFAULT_SECONDS = 10.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--out", default="bench/results.json", help="the JSON results")
     parser.add_argument(
-        "--sessions", type=int, default=None, help="concurrent sessions (default 200)"
+        "--plot",
+        default=None,
+        help="the PNG of the sweep (default: the JSON's path with .png)",
     )
+    loads = parser.add_mutually_exclusive_group()
+    loads.add_argument(
+        "--sweep",
+        default=None,
+        metavar="N,N,...",
+        help="loads to run, in sessions (default "
+        + ",".join(map(str, sweep.DEFAULT_LOADS))
+        + "; --quick: "
+        + str(QUICK_SESSIONS)
+        + ")",
+    )
+    loads.add_argument("--sessions", type=int, default=None, help="run one load of N sessions")
     parser.add_argument(
-        "--seconds", type=float, default=None, help="measured seconds per setup (default 20)"
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"measured seconds per setup and load (default {DEFAULT_SECONDS:g})",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run: {QUICK_SESSIONS} sessions x {QUICK_SECONDS:g} s unless given",
+        help=f"smoke run: {QUICK_SESSIONS} sessions x {QUICK_SECONDS:g} s, 1 s warm-up, "
+        "unless --sweep/--sessions/--seconds say otherwise",
     )
     args = parser.parse_args(argv)
-    sessions = args.sessions or (QUICK_SESSIONS if args.quick else 200)
-    seconds = args.seconds or (QUICK_SECONDS if args.quick else 20.0)
-    if sessions < 1 or seconds <= 0:
-        parser.error(f"--sessions {sessions} / --seconds {seconds}: expected positive numbers")
+    if args.sweep is not None:
+        try:
+            chosen = sweep.parse_loads(args.sweep)
+        except ValueError as exc:
+            parser.error(f"--sweep {args.sweep}: {exc}")
+    elif args.sessions is not None:
+        chosen = [args.sessions]
+    else:
+        chosen = [QUICK_SESSIONS] if args.quick else list(sweep.DEFAULT_LOADS)
+    seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
+    if min(chosen) < 1 or seconds <= 0:
+        parser.error(f"sessions {chosen} / --seconds {seconds}: expected positive numbers")
+    out = Path(args.out)
+    png = Path(args.plot) if args.plot else out.with_suffix(".png")
+
     results: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
     results["audio"] = audio.run()
-    results["runtime"] = runtime.run(
-        sessions=sessions, seconds=seconds, warmup_s=1.0 if args.quick else 2.0
-    )
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nresults written to {args.out}")
+    warmup_s = 1.0 if args.quick else 2.0
+    if len(chosen) == 1:
+        one = runtime.run(sessions=chosen[0], seconds=seconds, warmup_s=warmup_s)
+        results["runtime"] = one
+        results["sweep"] = [one]
+    else:
+        results["sweep"] = sweep.run(chosen, seconds=seconds, warmup_s=warmup_s)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults written to {out}")
+    from bench.plot import plot
+
+    print(f"plot written to {plot(results['sweep'], png)}")
     return 0
 
 

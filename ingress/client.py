@@ -29,10 +29,11 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 
 from protocol import (
     ConfigError,
+    ConnectionEvent,
     ErrorEvent,
     NotConnectedError,
     RealtimeAudioClient,
@@ -50,15 +51,18 @@ from protocol import (
     parse_update,
 )
 from protocol.audio import check_frame
+from protocol.backoff import Backoff
 from protocol.create import CREATE_MAXLEN, check_options, encode_create_request
 from protocol.keys import DEFAULT_NAMESPACE, Keys, SessionKeys, validate_session_id
 from protocol.streams import (
     CLOSED_TTL_S,
+    IDLE_TTL_S,
     INPUT_MAXLEN,
     AckEntry,
     Command,
     DisconnectCommand,
     DtmfCommand,
+    EntryLimits,
     Fields,
     PingCommand,
     PlaybackCommand,
@@ -81,9 +85,16 @@ from redisio.connection import REDIS_ERRORS, RETRY_REPLIES, RedisHealth
 from redisio.creation import claim_session
 from redisio.metrics import AUDIO_FRAMES_DROPPED
 from redisio.pumps import PipelineWriter, ReaderPump, StreamReader
-from redisio.settings import CommonSettings, batch_linger_s, redact_url
+from redisio.settings import CommonSettings, batch_linger_s, entry_limits, redact_url
 
-__all__ = ["ACK_TIMEOUT_S", "INGRESS_BUFFER_S", "IngressHub", "RedisRealtimeClient"]
+__all__ = [
+    "ACK_TIMEOUT_S",
+    "INGRESS_BUFFER_S",
+    "SESSION_CHECK_S",
+    "SESSION_LOST",
+    "IngressHub",
+    "RedisRealtimeClient",
+]
 
 log = logging.getLogger("voicegrid.ingress")
 
@@ -96,6 +107,35 @@ INGRESS_BUFFER_S = 5.0
 #: How often a connecting client looks for a rejection of its create request that could not be
 #: answered on the session's output stream (its id was taken meanwhile).
 REJECTION_POLL_S = 1.0
+#: Seconds between two checks of the sessions a process follows (one pipelined ``HMGET`` of
+#: status and epoch per live session): a session that vanished (Redis restarted without its
+#: data, an older copy restored, closed by someone else without a ``closed`` event) is reported
+#: within about two of these, well inside two lease TTLs.
+SESSION_CHECK_S = 1.0
+#: What the session check takes for "Redis is unreachable", not for "the session is gone" (on
+#: a cluster also a shard failing over, a slot moving, the cluster not reachable at all).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *REDIS_ERRORS,
+    *RETRY_REPLIES,
+    RedisClusterException,
+)
+#: The ``error`` code (and ``closed`` reason) of a session that is gone without its worker
+#: saying so (docs/streams.md, "When the session is gone").
+SESSION_LOST = "session_lost"
+
+# Creates a session's input stream (empty, with the idle expiry) when the record exists and is
+# open. The ingress appends with NOMKSTREAM, so no write of it can re-create a stream of a
+# session that is gone (it would have no expiry, and nobody would read it).
+# KEYS: state, input. ARGV: idle ttl ms. Returns the record's status, or '' when it is missing.
+_ENSURE_INPUT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '' end
+if status ~= 'closed' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', 0, '*', 'v', '0')
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+return status
+"""
 
 
 class IngressHub:
@@ -129,6 +169,8 @@ class IngressHub:
         self.health = health
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
+        self._clients: dict[str, RedisRealtimeClient] = {}  # output stream -> its follower
+        self._ensure_input = redis.register_script(_ENSURE_INPUT)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -139,6 +181,7 @@ class IngressHub:
             self._tasks = [
                 loop.create_task(self._writer.run(), name="voicegrid-ingress-writer"),
                 loop.create_task(self._reader.run(), name="voicegrid-ingress-reader"),
+                loop.create_task(self._watch(), name="voicegrid-ingress-watch"),
             ]
 
     async def release(self) -> None:
@@ -159,10 +202,76 @@ class IngressHub:
     # --- reading -------------------------------------------------------------------------------
 
     async def follow(self, stream: str, after: str, client: RedisRealtimeClient) -> None:
-        await self._reader.add(stream, after=after, consumer=client._on_output)
+        self._clients[stream] = client
+        await self._reader.add(
+            stream, after=after, consumer=client._on_output, on_error=client._on_stream_error
+        )
 
-    def unfollow(self, stream: str) -> None:
-        self._reader.remove(stream)
+    def unfollow(self, stream: str, client: RedisRealtimeClient) -> None:
+        """``client`` stops following ``stream``; a no-op if another client follows it now (a
+        refused connect with a live session's id must not cut that session's follower off)."""
+        if self._clients.get(stream) is client:
+            del self._clients[stream]
+            self._reader.remove(stream)
+
+    # --- is the session still there? -------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every :data:`SESSION_CHECK_S`: one pipelined read of every live session's status and
+        epoch, so callers learn when their session is gone (see :data:`SESSION_LOST`)."""
+        while True:
+            await asyncio.sleep(SESSION_CHECK_S)
+            clients = [c for c in self._clients.values() if c.connected and c._keys is not None]
+            if not clients:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for client in clients:
+                        assert client._keys is not None
+                        pipe.hmget(client._keys.state, [StateField.STATUS, StateField.EPOCH])
+                    replies = await pipe.execute()
+            except _UNAVAILABLE:
+                # unreachable (or a cluster shard failing over) is not gone: the next check
+                # after Redis is back decides
+                continue
+            for client, (status, epoch) in zip(clients, replies, strict=True):
+                client._check_record(status, epoch)
+
+    def input_missing(self, client: RedisRealtimeClient) -> None:
+        """An append found no input stream: create it if the session is open, else report the
+        session gone. The client's entries wait meanwhile (in order)."""
+        task = asyncio.get_running_loop().create_task(self._input_missing(client))
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+
+    async def _input_missing(self, client: RedisRealtimeClient) -> None:
+        keys = client._keys
+        if keys is None:
+            return
+        backoff = Backoff()
+        while client.state is not SessionState.CLOSED:
+            try:
+                raw = await self._ensure_input(
+                    keys=[keys.state, keys.input], args=[IDLE_TTL_S * 1000]
+                )
+                break
+            except REDIS_ERRORS:
+                await backoff.wait()
+        else:
+            return
+        status = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if not status:
+            client._session_lost(
+                "its record is missing (Redis restarted without its data, or it expired)"
+            )
+        elif status == "closed":
+            client._check_record(b"closed", None)  # the watch decides once it saw the event
+        else:
+            client._resume_writes()
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -188,7 +297,8 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
     ) -> list[tuple[Any, ...]]:
         commands: list[tuple[Any, ...]] = []
         for source, batch in work:
-            head = ("XADD", source._keys_input, "MAXLEN", "~", INPUT_MAXLEN, "*")
+            # NOMKSTREAM: an append never re-creates the stream of a session that is gone
+            head = ("XADD", source._keys_input, "NOMKSTREAM", "MAXLEN", "~", INPUT_MAXLEN, "*")
             commands += [(*head, *itertools.chain.from_iterable(f.items())) for f, _ in batch]
         return commands
 
@@ -201,12 +311,18 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
         retry: list[tuple[RedisRealtimeClient, list[_Pending]]] = []
         at = 0
         for source, batch in work:
-            mine, at = replies[at : at + len(batch)], at + len(batch)
-            for index, ((_, future), reply) in enumerate(zip(batch, mine, strict=True)):
+            answers = replies[at : at + len(batch)]
+            at += len(batch)
+            for index, ((_fields, future), reply) in enumerate(zip(batch, answers, strict=True)):
                 if isinstance(reply, RETRY_REPLIES):
                     # not written (a cluster slot moving or failing over): this entry and the
                     # ones after it go again, in order
                     retry.append((source, batch[index:]))
+                    break
+                if reply is None:
+                    # no input stream: every entry from here on was refused too; they wait
+                    # (in order) until the stream is created or the session is known gone
+                    source._input_missing(batch[index:])
                     break
                 if future is None or future.done():
                     continue
@@ -265,7 +381,10 @@ class RedisRealtimeClient(RealtimeAudioClient):
     ``voicegrid``), ``connect_timeout_s`` (default 30), ``redis`` (an ``arq``/``redis.asyncio``
     client to use instead of opening ``redis_url``), ``queue_url`` (the Redis of the create
     stream; default ``VOICEGRID_QUEUE_URL``, else ``redis_url``; required when ``redis_url`` is a
-    ``redis+cluster://`` URL) and ``stores`` (open ``redisio.cluster.RedisStores`` to share).
+    ``redis+cluster://`` URL), ``stores`` (open ``redisio.cluster.RedisStores`` to share) and
+    ``limits`` (the size limits of audio, commands and tool outputs; default from
+    ``VOICEGRID_MAX_*``, see docs/streams.md): an entry over them raises ``EntryTooLarge`` and is
+    not sent.
 
     ``capabilities`` are the provider client's, as reported by the worker once connected (or
     attached); before that they are the defaults.
@@ -283,6 +402,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         redis: ArqRedis | None = None,
         queue_url: str | None = None,
         stores: RedisStores | None = None,
+        limits: EntryLimits | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model=model)
@@ -306,6 +426,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._session_id = validate_session_id(session_id) if session_id is not None else None
         self._options = options
         self._connect_timeout_s = connect_timeout_s
+        self._limits = limits if limits is not None else entry_limits()
         # ``provider`` and ``capabilities`` are class-level on provider clients; an ingress
         # client speaks for whichever provider its session uses, so they live on the instance.
         self.__dict__["provider"] = provider
@@ -322,6 +443,16 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._acks: dict[str, asyncio.Future[AckEntry]] = {}
         self._early_acks: dict[str, AckEntry] = {}
         self._finishing: asyncio.Task[None] | None = None
+        # what the session is known to be: the highest lease epoch seen (entries' ``ep``, the
+        # record), a ``closed`` read while connecting, a close seen in the record but not yet
+        # on the output stream, and why the session is gone when it vanished
+        self._epoch = 0
+        self._closed_early = False
+        self._closed_in_record = False
+        self._lost: str | None = None
+        # entries wait here while the input stream is being created (or found gone)
+        self._writes_blocked = False
+        self._disconnecting: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -390,6 +521,11 @@ class RedisRealtimeClient(RealtimeAudioClient):
             assert entry.error is not None
             raise entry.error
         self._set_capabilities(entry.result.get("capabilities"))
+        if self._closed_early:
+            # the session ended right after it connected (its ``closed`` came with or just
+            # after the acknowledgement): connect resolves, to a closed client, never a live one
+            await self._finish()
+            return
         self._lifecycle.to(SessionState.LIVE)
 
     async def _create(self, hub: IngressHub, keys: SessionKeys, request: Fields) -> str:
@@ -439,7 +575,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
         Only a session this client's request made is touched: the id is claimed with a closed
         record if no worker handled the request yet, else its record is marked closed."""
-        hub.unfollow(keys.output)
+        hub.unfollow(keys.output, self)
         if request_id is not None:
             closed = SessionRecord(
                 provider=self.provider,
@@ -506,18 +642,33 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._session_id = session_id
         self._bind(keys, parse_config(record.config))
         self._last_key = entry_id_key(start)
+        self._epoch = record.epoch
         self._lifecycle.to(SessionState.CONNECTING)
         await hub.follow(keys.output, start, self)
+        if self._closed_early:
+            await self._finish()  # it ended while we joined: a closed client, as connect()
+            return
         self._lifecycle.to(SessionState.LIVE)
 
     async def disconnect(self) -> None:
-        """End the session (the worker closes the provider connection); idempotent."""
+        """End the session (the worker closes the provider connection); idempotent.
+
+        A call while another is in progress returns when that one has finished, so every
+        caller of ``disconnect`` sees the session closed (and its ``closed`` event) on return.
+        """
+        if self._disconnecting is not None:
+            await asyncio.shield(self._disconnecting)
+            return
         if self.state in (SessionState.IDLE, SessionState.CLOSED, SessionState.CLOSING):
             return
-        self._lifecycle.to(SessionState.CLOSING)
-        with contextlib.suppress(SessionTimeout, VoicegridError):
-            await self._request(DisconnectCommand())
-        await self._finish()
+        self._disconnecting = asyncio.get_running_loop().create_future()
+        try:
+            self._lifecycle.to(SessionState.CLOSING)
+            with contextlib.suppress(SessionTimeout, VoicegridError):
+                await self._request(DisconnectCommand())
+            await self._finish()
+        finally:
+            self._disconnecting.set_result(None)
 
     async def detach(self, *, flush_timeout_s: float = 2.0) -> None:
         """Stop following the session without ending it; idempotent; emits no event.
@@ -545,7 +696,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     def _mark_closed(self) -> None:
         if self._hub is not None and self._keys is not None:
-            self._hub.unfollow(self._keys.output)
+            self._hub.unfollow(self._keys.output, self)
         if self.state is not SessionState.CLOSED:
             self._lifecycle.to(SessionState.CLOSED)
         for future in self._acks.values():
@@ -568,8 +719,9 @@ class RedisRealtimeClient(RealtimeAudioClient):
     def send_audio(self, frame: bytes) -> None:
         """Queue a caller frame for the input stream; never blocks (bounded, drop-oldest)."""
         if not self.connected or self._config is None:
-            raise NotConnectedError("send_audio needs a connected session; call connect() first")
+            raise self._not_connected("send_audio")
         data = check_frame(frame, self._config.input_audio)
+        self._limits.check_audio(len(data), self._config.input_audio)
         self._queue(encode_audio(data), None)
         self._pending_audio_bytes += len(data)
         budget = self._config.input_audio.bytes_per_second * INGRESS_BUFFER_S
@@ -579,17 +731,19 @@ class RedisRealtimeClient(RealtimeAudioClient):
     def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
         """Return tool results to the model (queued in order with the audio)."""
         if not self.connected:
-            raise NotConnectedError("send_tool_response needs a connected session")
+            raise self._not_connected("send_tool_response")
         try:
             command = ToolResponseCommand(responses=list(responses))
         except ValueError as exc:
             raise ConfigError(f"invalid tool responses: {exc}") from None
-        self._queue(encode_command(command), None)
+        for response in command.responses:
+            self._limits.check_tool_output(response)
+        self._queue(self._encode(command), None)
 
     async def update_config(self, config: RealtimeSessionConfigUpdate | dict[str, Any]) -> None:
         """Change the session config; resolves once the worker applied it (``config-updated``)."""
         if not self.connected:
-            raise NotConnectedError("update_config needs a connected session")
+            raise self._not_connected("update_config")
         update = parse_update(config)
         entry = await self._request(UpdateConfigCommand(update=update))
         if not entry.ok:
@@ -624,8 +778,83 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     def _request_response(self, instruction: str | None) -> None:
         if not self.connected:
-            raise NotConnectedError("request_response needs a connected session")
-        self._queue(encode_command(RequestResponseCommand(instruction=instruction)), None)
+            raise self._not_connected("request_response")
+        self._queue(self._encode(RequestResponseCommand(instruction=instruction)), None)
+
+    # --- when the session is gone --------------------------------------------------------------
+
+    def _not_connected(self, what: str) -> NotConnectedError:
+        if self._lost is not None:
+            return NotConnectedError(f"{what}: {self._lost}")
+        return NotConnectedError(f"{what} needs a connected session; call connect() first")
+
+    def _check_record(self, status: bytes | None, epoch: bytes | None) -> None:
+        """The record's status and epoch as the hub's watch read them (see SESSION_CHECK_S)."""
+        if not self.connected or self._keys is None:
+            return
+        if status is None:
+            self._session_lost(
+                "its record is missing (Redis restarted without its data, or it expired)"
+            )
+            return
+        if epoch is not None:
+            try:
+                seen = int(epoch)
+            except ValueError:
+                seen = self._epoch
+            if seen < self._epoch:
+                self._session_lost(
+                    f"its lease epoch went back from {self._epoch} to {seen} (Redis restored "
+                    "an older copy of it)"
+                )
+                return
+            self._epoch = seen
+        if status == b"closed":
+            # a worker writes ``closed`` on the output stream in the same step as the status:
+            # give the reader one more check to deliver it before calling the session lost
+            if self._closed_in_record:
+                self._session_lost("its record was closed without a closed event")
+            self._closed_in_record = True
+
+    def _session_lost(self, reason: str) -> None:
+        """The session vanished without its worker saying so: ``error`` (:data:`SESSION_LOST`,
+        not recoverable), then ``closed``; nothing queued is written any more."""
+        if self.state in (SessionState.IDLE, SessionState.CLOSED):
+            return
+        message = f"session {self._session_id} is gone: {reason}"
+        log.warning("%s", message)
+        self._lost = message
+        self._drop_pending(message)
+        self._mark_closed()
+        self.emit("error", ErrorEvent(code=SESSION_LOST, message=message, recoverable=False))
+        self.emit("closed", ConnectionEvent(reason=SESSION_LOST))
+        self._finishing = asyncio.get_running_loop().create_task(self._close_hub())
+
+    def _on_stream_error(self, exc: ResponseError) -> None:
+        """Redis refuses to read this session's output stream (e.g. the key holds another type):
+        the session cannot be followed; the process's other sessions go on."""
+        self._session_lost(f"Redis rejects reading its output stream: {exc}")
+
+    def _drop_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, deque()
+        self._pending_audio_bytes = 0
+        self._writes_blocked = False
+        for _, future in pending:
+            if future is not None and not future.done():
+                future.set_exception(NotConnectedError(why))
+
+    def _input_missing(self, batch: list[_Pending]) -> None:
+        """The writer found no input stream for ``batch`` (see ``IngressHub.input_missing``)."""
+        self._restore_pending(batch)
+        if not self._writes_blocked and self._hub is not None:
+            self._writes_blocked = True
+            self._hub.input_missing(self)
+
+    def _resume_writes(self) -> None:
+        """The input stream exists now: write what waited."""
+        self._writes_blocked = False
+        if self._pending and self._hub is not None:
+            self._hub.mark(self)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -658,6 +887,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
         self._hub.mark(self)
 
     def _take_pending(self) -> list[_Pending]:
+        if self._writes_blocked:
+            return []
         batch = list(self._pending)
         self._pending.clear()
         self._pending_audio_bytes = 0
@@ -698,6 +929,14 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     ),
                 )
 
+    def _encode(self, command: Command) -> dict[str, Any]:
+        """``command`` as an input entry; ``EntryTooLarge`` if its body is over the limit."""
+        fields = encode_command(command)
+        body = fields["b"]
+        assert isinstance(body, bytes)
+        self._limits.check_command(command.type, len(body))
+        return fields
+
     def _expect_ack(self, ref: str) -> asyncio.Future[AckEntry]:
         future: asyncio.Future[AckEntry] = asyncio.get_running_loop().create_future()
         early = self._early_acks.pop(ref, None)
@@ -709,8 +948,9 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     async def _request(self, command: Command, *, timeout_s: float = ACK_TIMEOUT_S) -> AckEntry:
         """Send ``command`` and wait for the worker's acknowledgement."""
+        fields = self._encode(command)
         written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue(encode_command(command), written)
+        self._queue(fields, written)
         try:
             async with asyncio.timeout(timeout_s):
                 entry_id = await written
@@ -721,6 +961,16 @@ class RedisRealtimeClient(RealtimeAudioClient):
             ) from None
         except REDIS_ERRORS as exc:
             raise _redis_failure(exc, self.redis_url) from exc
+
+    def _failed_over(self, event: ConnectionEvent) -> None:
+        """The worker moved the session to a fallback target: ``provider``, ``model`` and
+        ``capabilities`` are the new target's from here on (they change only with this event)."""
+        if event.provider:
+            self.__dict__["provider"] = event.provider
+        if event.model:
+            self.model = event.model
+        if event.capabilities is not None:
+            self._set_capabilities(event.capabilities)
 
     def _on_output(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Entries of the output stream, in order (called by the hub's reader)."""
@@ -742,6 +992,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     ),
                 )
                 continue
+            if entry.epoch > self._epoch:
+                self._epoch = entry.epoch
             if isinstance(entry, AckEntry):
                 future = self._acks.pop(entry.ref, None)
                 if future is None:
@@ -751,7 +1003,16 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     future.set_result(entry)
                 continue
             self._last_event_id = entry_id
-            if entry.name == "closed" and self.state is not SessionState.CONNECTING:
+            payload = entry.payload
+            if (
+                entry.name == "reconnected"
+                and isinstance(payload, ConnectionEvent)
+                and payload.strategy == "failover"
+            ):
+                self._failed_over(payload)
+            if entry.name == "closed" and self.state is SessionState.CONNECTING:
+                self._closed_early = True  # connect() resolves to a closed client
+            elif entry.name == "closed":
                 # the session ended (here or through another client): closed before handlers run
                 was_closing = self.state is SessionState.CLOSING
                 self._mark_closed()

@@ -58,6 +58,7 @@ from protocol import (
     AudioEvent,
     AudioFormatError,
     ConfigError,
+    EntryTooLarge,
     InvalidSessionId,
     NotConnectedError,
     ProviderError,
@@ -74,6 +75,7 @@ from protocol import (
 from protocol.events import EVENT_NAMES
 from protocol.keys import validate_session_id
 from protocol.streams import decode_record, entry_id_key
+from providers import check_options
 from providers.transport import NoDebugLogger
 from redisio.cluster import check_stores, open_stores
 from redisio.connection import REDIS_ERRORS, RedisHealth
@@ -82,6 +84,7 @@ from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTE
 
 from .client import RedisRealtimeClient
 from .media import MediaRouter
+from .refusals import refuse
 from .settings import GatewaySettings
 
 __all__ = [
@@ -90,7 +93,6 @@ __all__ = [
     "CLOSE_SESSION_NOT_FOUND",
     "CLOSE_TRY_AGAIN_LATER",
     "MARK_EVERY_FRAMES",
-    "MAX_AUDIO_FRAME_S",
     "MAX_MESSAGE_BYTES",
     "MAX_PENDING_REQUESTS",
     "OUTBOUND_BUDGET_BYTES",
@@ -112,8 +114,6 @@ log = logging.getLogger("voicegrid.gateway")
 SESSIONS_PATH = "/v1/sessions"
 #: Largest message a caller may send (websockets closes with 1009 beyond it).
 MAX_MESSAGE_BYTES = 256 * 1024
-#: Largest audio frame, in seconds of the session's input format (longer ones are rejected).
-MAX_AUDIO_FRAME_S = 1.0
 #: Bytes queued for one caller at most; a caller that does not read beyond it is closed (1008).
 #: It holds an attach's whole backlog: a full output stream (``OUTPUT_MAXLEN`` ~ 500 entries, about
 #: 10 s of 24 kHz PCM16 in 20 ms frames) arrives in one read.
@@ -132,6 +132,10 @@ CLOSE_TIMEOUT_S = 5.0
 PING_INTERVAL_S = 20.0
 #: Incoming frames websockets buffers per caller before it stops reading the socket.
 INBOUND_QUEUE = 8
+#: Largest ``skip`` an attach may ask for (it counts audio frames after ``after``).
+MAX_SKIP = 1_000_000
+#: Longest string ``id`` a caller message may carry (echoed in its reply).
+MAX_ID_CHARS = 128
 
 #: Close code: the session ended (``closed`` event or ``session.end``).
 CLOSE_SESSION_ENDED = 1000
@@ -160,7 +164,7 @@ _INGRESS_PARAMETERS = frozenset(
 class _CallerMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: Annotated[StrictStr, Field(max_length=128)] | StrictInt | None = None
+    id: Annotated[StrictStr, Field(max_length=MAX_ID_CHARS)] | StrictInt | None = None
 
 
 class SessionStart(_CallerMessage):
@@ -241,7 +245,14 @@ def parse_caller_message(text: str | bytes) -> CallerMessage:
             f"message must be a JSON object with a 'type', got a JSON {type(raw).__name__}",
         )
     raw_id = raw.get("id")
-    message_id = raw_id if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
+    # echoed in the reply only when valid (at most 128 characters, or an integer): a refusal
+    # never sends a caller's 10 KB id back
+    message_id = (
+        raw_id
+        if (isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS)
+        or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
+        else None
+    )
     kind = raw.get("type")
     model = _MESSAGE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
@@ -305,11 +316,12 @@ def parse_route(path: str) -> Route:
     try:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
-        raise BadRequest(400, f"query {parts.query!r} is malformed") from None
+        raise BadRequest(400, f"query {_clip(parts.query)} is malformed") from None
     unknown = sorted(set(query) - {"after", "skip"})
     if unknown or (session_id is None and query):
         allowed = "after and skip when attaching" if session_id else "none for a new session"
-        raise BadRequest(400, f"unexpected query parameters {sorted(query)}; allowed: {allowed}")
+        names = _clip(", ".join(sorted(query)))
+        raise BadRequest(400, f"unexpected query parameters {names}; allowed: {allowed}")
     if any(len(values) > 1 for values in query.values()):
         raise BadRequest(400, "each query parameter may appear once")
     after = query.get("after", [None])[0]
@@ -318,15 +330,26 @@ def parse_route(path: str) -> Route:
             entry_id_key(after)
         except StreamEntryError:
             raise BadRequest(
-                400, f"after={after!r} is not an event id; expected '<ms>-<seq>' from event_id"
+                400,
+                f"after={_clip(after)} is not an event id; expected '<ms>-<seq>' as in event_id "
+                "(ASCII digits, each part at most 2**64-1)",
             ) from None
     raw_skip = query.get("skip", ["0"])[0]
-    if not raw_skip.isdigit() or int(raw_skip) > 1_000_000:
-        raise BadRequest(400, f"skip={raw_skip!r}; expected a whole number of audio frames")
+    # ASCII digits only: str.isdigit also accepts e.g. '\u00b2', which int() then refuses
+    if not (raw_skip.isascii() and raw_skip.isdigit()) or int(raw_skip) > MAX_SKIP:
+        raise BadRequest(
+            400, f"skip={_clip(raw_skip)}; expected a whole number of audio frames (0..{MAX_SKIP})"
+        )
     skip = int(raw_skip)
     if skip and after is None:
         raise BadRequest(400, "skip needs after: it counts audio frames after that event")
     return Route(session_id=session_id, after=after, skip=skip)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """``repr(text)``, cut to ``limit`` characters: a refusal never echoes a caller's megabyte."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 # --- one caller ----------------------------------------------------------------------------------
@@ -345,6 +368,7 @@ def _error_code(exc: BaseException) -> str:
     for cls, code in (
         (UnsupportedCapability, "unsupported"),
         (AudioFormatError, "invalid_audio"),
+        (EntryTooLarge, "too_large"),
         (InvalidSessionId, "invalid_session_id"),
         (ConfigError, "invalid_config"),
         (NotConnectedError, "not_connected"),
@@ -457,10 +481,16 @@ class CallerConnection:
         try:
             if self.route.session_id is not None and not await self._attach(self.route.session_id):
                 return
+            # one budget for the whole socket, not per message: a caller that keeps sending
+            # anything but a successful session.start (pings, say) is still closed in time.
+            # Only the time spent waiting for the caller counts (a session.start that then
+            # fails may have waited for a worker far longer)
+            budget = self.gateway.start_timeout_s
             while True:
                 if self.phase is _Phase.AWAITING_START:
+                    waited = time.monotonic()
                     try:
-                        async with asyncio.timeout(self.gateway.start_timeout_s):
+                        async with asyncio.timeout(max(0.0, budget)):
                             message = await self.ws.recv()
                     except TimeoutError:
                         GATEWAY_REJECTED.labels("start_timeout").inc()
@@ -468,6 +498,7 @@ class CallerConnection:
                             1008, f"no session.start within {self.gateway.start_timeout_s:g}s"
                         )
                         return
+                    budget -= time.monotonic() - waited
                 else:
                     message = await self.ws.recv()
                 if isinstance(message, bytes):
@@ -483,21 +514,14 @@ class CallerConnection:
             GATEWAY_REJECTED.labels("invalid_audio").inc()
             self._reply_error(None, self._not_live("audio"))
             return
-        fmt = client.config.input_audio
-        limit = int(fmt.bytes_per_second * MAX_AUDIO_FRAME_S)
         problem: Rejected | None = None
         if not frame:
             problem = Rejected("invalid_audio", "empty audio frame; send at least one sample")
-        elif len(frame) > limit:
-            problem = Rejected(
-                "audio_frame_too_large",
-                f"audio frame of {len(frame)} bytes ({fmt.duration_ms(len(frame)):.0f} ms) "
-                f"exceeds {limit} bytes ({MAX_AUDIO_FRAME_S:g} s of {fmt.encoding} at "
-                f"{fmt.sample_rate} Hz); send frames of 10-100 ms",
-            )
-        if problem is None:
+        else:
             try:
-                client.send_audio(frame)
+                client.send_audio(frame)  # the size limit is the client's (VOICEGRID_MAX_*)
+            except EntryTooLarge as exc:
+                problem = Rejected("audio_frame_too_large", _error_text(exc))
             except VoicegridError as exc:
                 problem = Rejected(_error_code(exc), _error_text(exc))
         if problem is not None:
@@ -592,6 +616,9 @@ class CallerConnection:
         gateway = self.gateway
         try:
             config = parse_config(message.config)
+            check_options(
+                message.provider, message.options, allowed=gateway.settings.caller_options
+            )
             client = RedisRealtimeClient(
                 gateway.settings.redis_url,
                 provider=message.provider,
@@ -971,24 +998,25 @@ class Gateway:
     def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | Awaitable[Response | None] | None:
-        """Refuse an upgrade before it happens: draining, full, unauthorised or a bad path."""
+        """Refuse an upgrade before it happens: unauthorised, a bad path, draining or full (in
+        that order: nothing about the gateway's state is told to a caller without the token,
+        and a request that can never succeed is not told to retry). Media legs carry their own
+        token and are checked by the media router."""
         if self.media.handles(request.path):
             return self.media.process_request(connection, request)
-        if self.draining:
-            return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
-        if len(self.connections) >= self.max_connections:
-            return self._refuse(connection, 503, "full", "gateway is full; retry")
         if self._token and not self._authorized(request.headers.get("Authorization")):
-            response = self._refuse(
-                connection, 401, "unauthorized", "send Authorization: Bearer <token>"
-            )
+            response = refuse(connection, 401, "unauthorized", "send Authorization: Bearer <token>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="voicegrid"'
             return response
         try:
             parse_route(request.path)
         except BadRequest as exc:
             reason = "not_found" if exc.status == 404 else "bad_request"
-            return self._refuse(connection, exc.status, reason, str(exc))
+            return refuse(connection, exc.status, reason, str(exc))
+        if self.draining:
+            return refuse(connection, 503, "draining", "gateway is restarting; retry")
+        if len(self.connections) >= self.max_connections:
+            return refuse(connection, 503, "full", "gateway is full; retry")
         return None
 
     def _authorized(self, header: str | None) -> bool:
@@ -996,14 +1024,6 @@ class Gateway:
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._token
         )
-
-    @staticmethod
-    def _refuse(connection: ServerConnection, status: int, reason: str, text: str) -> Response:
-        GATEWAY_REJECTED.labels(reason).inc()
-        response = connection.respond(status, text + "\n")
-        if status == 503:
-            response.headers["Retry-After"] = "1"
-        return response
 
     async def _serve(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()

@@ -7,6 +7,7 @@ from .audio import AudioConverter, StreamResampler
 from .client import AudioSendBuffer, EventEmitter, RealtimeAudioClient, SessionState
 from .config import (
     AudioFormat,
+    ProviderTarget,
     RealtimeCapabilities,
     RealtimeSessionConfig,
     RealtimeSessionConfigUpdate,
@@ -20,6 +21,7 @@ from .errors import (
     AudioFormatError,
     ConfigError,
     ConfigRejectedError,
+    EntryTooLarge,
     FencedError,
     InvalidSessionId,
     NotConnectedError,
@@ -61,6 +63,7 @@ __all__ = [
     "ConfigUpdatedEvent",
     "ConnectionEvent",
     "DtmfEvent",
+    "EntryTooLarge",
     "ErrorEvent",
     "EventEmitter",
     "EventName",
@@ -72,6 +75,7 @@ __all__ = [
     "ProviderConnectionError",
     "ProviderError",
     "ProviderProtocolError",
+    "ProviderTarget",
     "RealtimeAudioClient",
     "RealtimeCapabilities",
     "RealtimeSessionConfig",

@@ -26,6 +26,7 @@ __all__ = [
     "SUPPORTED_SAMPLE_RATES",
     "AudioEncoding",
     "AudioFormat",
+    "ProviderTarget",
     "RealtimeCapabilities",
     "RealtimeSessionConfig",
     "RealtimeSessionConfigUpdate",
@@ -157,6 +158,57 @@ class _ConfigFields(_Frozen):
         return value
 
 
+#: At most this many fallback targets per session (each one may cost a connect attempt).
+MAX_FALLBACKS = 4
+_PROVIDER_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+#: client options that carry credentials or endpoints: those stay with the workers
+_CREDENTIAL_OPTIONS = frozenset({"api_key", "url"})
+
+
+class ProviderTarget(_Frozen):
+    """One provider a session may move to when the one it runs on fails (``fallbacks``).
+
+    ``options`` are client options (``create_client`` keyword arguments such as
+    ``reconnect_attempts``), never credentials or endpoints: those are the process's (in-process:
+    ``create_client(..., fallback_credentials=...)``; distributed: the worker's settings).
+    ``voice`` and ``provider_options`` replace the session's own on this target (voices and
+    provider options are provider-specific: ``None`` / ``{}`` means the provider's default,
+    except that a target of the session's own provider keeps the session's voice when
+    ``voice`` is ``None``).
+    """
+
+    provider: str = Field(json_schema_extra={"pattern": _PROVIDER_NAME.pattern})
+    model: str = Field(min_length=1, max_length=200)
+    options: dict[str, Any] = Field(default_factory=dict)
+    voice: str | None = None
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if not _PROVIDER_NAME.match(value):
+            raise ValueError(
+                f"provider {value!r} is invalid; expected 1-32 letters, digits, '_' or '-'"
+            )
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        given = sorted(_CREDENTIAL_OPTIONS & set(value))
+        if given:
+            raise ValueError(
+                f"fallback options {given} are not allowed: credentials and endpoints stay with "
+                "the process that connects (worker settings or fallback_credentials)"
+            )
+        return value
+
+    @property
+    def label(self) -> str:
+        """``provider/model``: how logs, metrics and the health record name this target."""
+        return f"{self.provider}/{self.model}"
+
+
 class RealtimeSessionConfig(_ConfigFields):
     """Everything a session is configured with; each provider maps it to its wire shape."""
 
@@ -173,6 +225,9 @@ class RealtimeSessionConfig(_ConfigFields):
     max_output_tokens: int | None = Field(default=None, json_schema_extra=_MAX_TOKENS)
     language: str | None = None
     provider_options: dict[str, Any] = Field(default_factory=dict)
+    #: providers to move to, in order, when the session's provider fails (docs/operations.md,
+    #: "Provider failover"); set at connect, not changed by ``update_config``
+    fallbacks: list[ProviderTarget] = Field(default_factory=list, max_length=MAX_FALLBACKS)
 
     @model_validator(mode="after")
     def _tool_choice(self) -> RealtimeSessionConfig:
@@ -184,6 +239,17 @@ class RealtimeSessionConfig(_ConfigFields):
                 "'required' or the name of one of the session's tools"
             )
         return self
+
+    def for_target(self, target: ProviderTarget, *, same_provider: bool) -> RealtimeSessionConfig:
+        """This config as sent to the fallback ``target`` (no fallbacks of its own)."""
+        voice = target.voice if target.voice is not None or not same_provider else self.voice
+        return self.model_copy(
+            update={
+                "voice": voice,
+                "provider_options": dict(target.provider_options),
+                "fallbacks": [],
+            }
+        )
 
     def merged(self, update: RealtimeSessionConfigUpdate) -> RealtimeSessionConfig:
         """This config with every field the update names replaced (validated again)."""

@@ -273,10 +273,11 @@ def encode_rejection(
 
 
 def rejection_entries(
-    ref: str | None, rejected: RequestRejected, *, epoch: int = 0
+    ref: str | None, rejected: RequestRejected, *, epoch: int = 0, closed_reason: str = "rejected"
 ) -> list[Fields]:
     """The output entries that end a session that cannot run: an ``error`` event, the failed
-    acknowledgement ``ref`` (none when ``ref`` is ``None``) and a ``closed`` event."""
+    acknowledgement ``ref`` (none when ``ref`` is ``None``) and a ``closed`` event (its reason
+    ``closed_reason``)."""
     entries: list[Fields] = [
         encode_event(
             "error",
@@ -286,5 +287,5 @@ def rejection_entries(
     ]
     if ref is not None:
         entries.append(encode_ack(ref, epoch=epoch, error=rejected.error))
-    entries.append(encode_event("closed", ConnectionEvent(reason="rejected"), epoch=epoch))
+    entries.append(encode_event("closed", ConnectionEvent(reason=closed_reason), epoch=epoch))
     return entries

@@ -8,6 +8,7 @@ Errors say what was wrong, with the offending value, and what to do::
     ├── UsageError                 you misused the API (local side)
     │   ├── ConfigError            a config value is invalid (also a ValueError)
     │   ├── AudioFormatError       an audio frame or format is invalid (also a ValueError)
+    │   ├── EntryTooLarge          audio, a command or a tool output is over its size limit
     │   ├── UnsupportedCapability  the implementation cannot do what was asked
     │   ├── NotConnectedError      the call needs a live session
     │   └── InvalidSessionId       a session id is not safe to become a Redis key (also ValueError)
@@ -28,6 +29,7 @@ __all__ = [
     "AudioFormatError",
     "ConfigError",
     "ConfigRejectedError",
+    "EntryTooLarge",
     "FencedError",
     "InvalidSessionId",
     "NotConnectedError",
@@ -58,6 +60,11 @@ class ConfigError(UsageError, ValueError):
 
 class AudioFormatError(UsageError, ValueError):
     """An audio frame or format is invalid (wrong type, odd byte count, unsupported rate)."""
+
+
+class EntryTooLarge(UsageError, ValueError):
+    """Audio, a command or a tool output is larger than its limit (the message names the size,
+    the limit and the setting that sets it); nothing of it was sent."""
 
 
 class UnsupportedCapability(UsageError):

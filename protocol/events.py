@@ -12,6 +12,7 @@ __all__ = [
     "AudioEvent",
     "ConfigUpdatedEvent",
     "ConnectionEvent",
+    "ConnectionStrategy",
     "DtmfEvent",
     "ErrorEvent",
     "EventName",
@@ -43,6 +44,9 @@ EventName = Literal[
 ]
 
 Strategy = Literal["in-place", "resumed", "replayed"]
+#: how a ``reconnected`` session survived: ``failover`` means it moved to another provider
+#: target (``provider``, ``model`` and ``capabilities`` of the event say which)
+ConnectionStrategy = Literal["in-place", "resumed", "replayed", "failover"]
 
 
 class _Event(BaseModel):
@@ -115,11 +119,19 @@ class ConfigUpdatedEvent(_Event):
 
 
 class ConnectionEvent(_Event):
-    """Lifecycle: connected, reconnecting, reconnected (with ``strategy``) and closed."""
+    """Lifecycle: connected, reconnecting, reconnected (with ``strategy``) and closed.
+
+    A provider failover is ``reconnecting`` then ``reconnected`` with ``strategy="failover"``;
+    its ``reconnected`` names the new ``provider`` and ``model`` and carries the new target's
+    ``capabilities`` (a dict of :class:`protocol.RealtimeCapabilities` fields).
+    """
 
     reason: str | None = None
     code: int | None = None
-    strategy: Strategy | None = None
+    strategy: ConnectionStrategy | None = None
+    provider: str | None = None
+    model: str | None = None
+    capabilities: dict[str, Any] | None = None
 
 
 class ErrorEvent(_Event):

@@ -31,6 +31,8 @@ Keys that span sessions (on a cluster deployment they live on the queue Redis,
     <ns>:create           stream  session create requests, any Redis client (protocol/create.py)
     <ns>:create:rejected  stream  answers to create requests that have no session of their own
     <ns>:wake:<reader>    stream  wakes one process's blocking multiplexed XREAD (single node)
+    <ns>:{ph:<target>}        hash    a provider target's circuit breaker (redisio/health.py)
+    <ns>:{ph:<target>}:probe  string  the half-open probe token (SET NX PX)
 
 Session ids are validated by :func:`validate_session_id` before they become part of a key.
 """
@@ -249,6 +251,15 @@ class Keys:
     def wake(self, reader_id: str) -> str:
         """The wake-up stream of one process's multiplexed reader."""
         return f"{self.namespace}:wake:{validate_session_id(reader_id)}"
+
+    def provider_health(self, label: str) -> str:
+        """The circuit breaker hash of provider target ``label`` (``provider/model``); its
+        probe token is this key + ``:probe`` (same hash tag, one slot)."""
+        if not (0 < len(label) <= 240 and label.isascii() and label.isprintable()):
+            raise ConfigError(f"provider target label {_shown(label)} is not 1-240 ASCII chars")
+        if any(c in label for c in "{} "):
+            raise ConfigError(f"provider target label {_shown(label)} has '{{', '}}' or a space")
+        return f"{self.namespace}:{{ph:{label}}}"
 
     def job_id(self, session_id: str, epoch: int) -> str:
         """The deterministic arq job id of ``session_id``'s owner for ``epoch``."""

@@ -30,11 +30,11 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from . import errors as _errors
-from .config import RealtimeSessionConfigUpdate, RealtimeToolResponse
-from .errors import StreamEntryError, VoicegridError
+from .config import AudioFormat, RealtimeSessionConfigUpdate, RealtimeToolResponse
+from .errors import EntryTooLarge, StreamEntryError, VoicegridError
 from .events import EVENT_MODELS, AudioEvent
 
 __all__ = [
@@ -42,14 +42,17 @@ __all__ = [
     "CONNECT_REF",
     "IDLE_TTL_S",
     "INPUT_MAXLEN",
+    "MAX_START_ATTEMPTS",
     "OUTPUT_MAXLEN",
     "SCHEMA_VERSION",
+    "STREAM_ID_PART_MAX",
     "AckEntry",
     "AudioEntry",
     "Command",
     "CommandEntry",
     "DisconnectCommand",
     "DtmfCommand",
+    "EntryLimits",
     "EventEntry",
     "Fields",
     "PingCommand",
@@ -87,6 +90,12 @@ CLOSED_TTL_S = 300
 IDLE_TTL_S = 3600
 #: ``ref`` of the acknowledgement that answers session creation (connect to the provider).
 CONNECT_REF = "connect"
+#: Lease epochs a session may take without ever going live (a record no worker can start, a
+#: worker that dies on it) before the reaper closes it with an error instead of a new epoch.
+MAX_START_ATTEMPTS = 3
+
+#: Largest value of either part of a stream entry id (Redis keeps each as an unsigned 64-bit int).
+STREAM_ID_PART_MAX = 2**64 - 1
 
 _VERSION = str(SCHEMA_VERSION).encode()
 
@@ -100,14 +109,85 @@ def now_us() -> int:
 
 
 def entry_id_key(entry_id: bytes | str) -> tuple[int, int]:
-    """``"<ms>-<seq>"`` as a sortable tuple; raises ``StreamEntryError`` on any other form."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    # partition + isdecimal accept exactly what the regex ``(\d{1,20})-(\d{1,20})`` does, at a
-    # third of its cost: this runs once per entry read, in the worker and in the ingress
+    """``"<ms>-<seq>"`` as a sortable tuple; raises ``StreamEntryError`` on any other form.
+
+    Exactly what Redis accepts as a full stream id: two whole numbers of ASCII digits, each at
+    most ``2**64 - 1``. ``str.isdigit`` alone lets Arabic-Indic or superscript digits through and
+    20 digits can exceed 64 bits: Redis rejects both, which would fail a whole multiplexed read.
+    """
+    text = entry_id.decode("latin-1") if isinstance(entry_id, bytes) else entry_id
+    # partition + isascii/isdigit accept exactly what the regex ``([0-9]{1,20})-([0-9]{1,20})``
+    # does, at a third of its cost: this runs once per entry read, in the worker and the ingress
     ms, _, seq = text.partition("-")
-    if 0 < len(ms) <= 20 and 0 < len(seq) <= 20 and ms.isdecimal() and seq.isdecimal():
-        return int(ms), int(seq)
-    raise StreamEntryError(f"stream entry id {text!r} is invalid; expected '<ms>-<seq>'")
+    if (
+        0 < len(ms) <= 20
+        and 0 < len(seq) <= 20
+        and ms.isascii()
+        and seq.isascii()
+        and ms.isdigit()
+        and seq.isdigit()
+    ):
+        key = int(ms), int(seq)
+        if key[0] <= STREAM_ID_PART_MAX and key[1] <= STREAM_ID_PART_MAX:
+            return key
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    raise StreamEntryError(
+        f"stream entry id {shown!r} is invalid; expected '<ms>-<seq>': two whole numbers in ASCII "
+        f"digits, each at most {STREAM_ID_PART_MAX}"
+    )
+
+
+# --- size limits -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryLimits:
+    """How large one input entry may be; checked by the ingress before it writes (raising
+    ``EntryTooLarge``) and by the worker before it forwards (an ``error`` event, the entry
+    dropped, the session goes on). The defaults keep every provider event far below OpenAI's
+    documented 15 MiB per client event; ``VOICEGRID_MAX_*`` (docs/operations.md) change them.
+    """
+
+    #: audio per entry, in milliseconds of the session's input format
+    audio_ms: int = 1000
+    #: the JSON body (``b``) of one command: a config update, tool results, an instruction
+    command_bytes: int = 1024 * 1024
+    #: the JSON of one tool result's ``output``
+    tool_output_bytes: int = 256 * 1024
+
+    def audio_bytes(self, fmt: AudioFormat) -> int:
+        """The largest audio entry in ``fmt``, in bytes (whole samples)."""
+        nbytes = fmt.bytes_per_second * self.audio_ms // 1000
+        return nbytes - nbytes % fmt.bytes_per_sample
+
+    def check_audio(self, nbytes: int, fmt: AudioFormat) -> None:
+        """``EntryTooLarge`` if ``nbytes`` of audio in ``fmt`` are over the limit."""
+        limit = self.audio_bytes(fmt)
+        if nbytes > limit:
+            raise EntryTooLarge(
+                f"audio frame of {nbytes} bytes ({fmt.duration_ms(nbytes):.0f} ms) is over the "
+                f"limit of {limit} bytes ({self.audio_ms / 1000:g} s of {fmt.encoding} at "
+                f"{fmt.sample_rate} Hz), set by VOICEGRID_MAX_AUDIO_ENTRY_MS; send frames of "
+                "10-100 ms"
+            )
+
+    def check_command(self, kind: str, nbytes: int) -> None:
+        """``EntryTooLarge`` if a ``kind`` command body of ``nbytes`` is over the limit."""
+        if nbytes > self.command_bytes:
+            raise EntryTooLarge(
+                f"{kind} command of {nbytes} bytes of JSON is over the limit of "
+                f"{self.command_bytes} bytes (VOICEGRID_MAX_COMMAND_BYTES)"
+            )
+
+    def check_tool_output(self, response: RealtimeToolResponse) -> None:
+        """``EntryTooLarge`` if the JSON of ``response.output`` is over the limit."""
+        nbytes = len(orjson.dumps(response.output))
+        if nbytes > self.tool_output_bytes:
+            raise EntryTooLarge(
+                f"tool output for call {response.call_id[:64]!r} of {nbytes} bytes of JSON is "
+                f"over the limit of {self.tool_output_bytes} bytes "
+                "(VOICEGRID_MAX_TOOL_OUTPUT_BYTES)"
+            )
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -539,6 +619,7 @@ class StateField:
     CAPABILITIES = "caps"
     OPEN_RESPONSE = "open_resp"
     REQUEST = "req"
+    STARTS = "starts"
 
 
 Status = Literal["pending", "live", "closed"]
@@ -555,7 +636,10 @@ class SessionRecord(BaseModel):
     ``open_response`` the id of a model turn whose output was published but whose
     ``response-done`` was not ("": none), which a new owner closes as ``failed``;
     ``request`` the entry id of the create request that made the session ("": none), which the
-    ``connect`` acknowledgement answers (its ``ref``).
+    ``connect`` acknowledgement answers (its ``ref``); ``starts`` the lease epochs taken since
+    the session was last live (the lease script counts them, going live resets them): the reaper
+    closes a session that never gets going after ``MAX_START_ATTEMPTS`` instead of re-enqueueing
+    it forever.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -576,6 +660,14 @@ class SessionRecord(BaseModel):
     capabilities: dict[str, Any] = Field(default_factory=dict)
     open_response: str = ""
     request: str = ""
+    starts: int = Field(default=0, ge=0)
+
+    @field_validator("cursor", "command_cursor")
+    @classmethod
+    def _stream_position(cls, value: str) -> str:
+        # a new owner passes these to XREAD: one Redis rejects would fail the worker's shared read
+        entry_id_key(value)
+        return value
 
 
 _JSON_FIELDS = {
@@ -597,6 +689,7 @@ _PLAIN_FIELDS = {
     StateField.CREATED: "created_us",
     StateField.OPEN_RESPONSE: "open_response",
     StateField.REQUEST: "request",
+    StateField.STARTS: "starts",
 }
 
 

@@ -5,6 +5,18 @@ unconnected client. ``api_key`` defaults to the provider's environment variable;
 overrides the endpoint (simulators, Azure, Vertex).
 """
 
-from .registry import create_client, register_provider, registered_providers
+from .registry import (
+    caller_options,
+    check_options,
+    create_client,
+    register_provider,
+    registered_providers,
+)
 
-__all__ = ["create_client", "register_provider", "registered_providers"]
+__all__ = [
+    "caller_options",
+    "check_options",
+    "create_client",
+    "register_provider",
+    "registered_providers",
+]

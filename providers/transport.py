@@ -24,8 +24,14 @@ What the base does
   ``error`` event ``audio_buffer_overflow``; the episode ends when the buffer drains. Queued
   audio is coalesced into larger wire frames when a backlog built up (e.g. after a reconnect).
 - **Exactly once**: a frame (audio or control) counts as sent once the socket *took* it (it was
-  OPEN and the frame was written into it); such a frame is never re-sent. A frame the socket did
-  not take stays queued and goes out on the next connection, after its handshake.
+  OPEN and the frame was written into it); the transport never re-sends such a frame. A frame the
+  socket did not take stays queued and goes out on the next connection, after its handshake.
+  ``_frame_taken`` tells the subclass about every frame a socket took, in order. The one
+  deliberate exception is provider-side resumption that restores an *older* state (Gemini: a
+  handle restores the session as of the moment it was issued): the Gemini client keeps the frames
+  the socket took after that moment and queues them again, ahead of everything held, on the
+  resumed connection (``providers/gemini/resume.py``). Those are frames the transport no longer
+  holds, so nothing is sent twice by the two mechanisms together.
 - **Lifecycle** through :class:`protocol.client.StateMachine`: ``idle -> connecting -> live
   -> reconnecting -> live ... -> closing -> closed``. ``connected`` is emitted once when
   ``connect`` resolves, ``reconnecting`` / ``reconnected`` around every reconnect, ``closed``
@@ -90,6 +96,10 @@ Optional (defaults in brackets):
     [nothing] the session ended (called once, just before ``closed``): fail pending waiters.
 ``_on_signal(signal) -> None``
     [raise ``TypeError``] act on one provider-specific ``Signal`` a translator returned.
+``_frame_taken(frame, audio, size) -> None``
+    [nothing] a socket just took ``frame`` (``audio``: the raw chunk of an audio frame, else
+    None; ``size``: its serialized bytes); called in send order, before the socket write, from
+    the writer task. Must not raise.
 
 Helpers a subclass calls: ``_open_session()`` (from ``connect``), ``_apply(actions)``,
 ``_send(frame)``,
@@ -443,6 +453,9 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
         """Act on a provider-specific signal of the translator (see :meth:`_apply`)."""
         raise TypeError(f"{type(self).__name__} does not handle the signal {signal!r}")
 
+    def _frame_taken(self, frame: Frame, audio: bytes | None, size: int) -> None:
+        """A socket took ``frame`` (the exactly-once point); the default does nothing."""
+
     # ------------------------------------------------------------------ public API
 
     @property
@@ -579,6 +592,12 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
 
     def _emit_error(self, code: str, message: str, *, recoverable: bool = True) -> None:
         self.emit("error", ErrorEvent(code=code, message=message, recoverable=recoverable))
+
+    @property
+    def final_error(self) -> ProviderError | None:
+        """The fatal error that ended the session (``None`` while it lives or after a clean
+        close); ``providers.fallback`` reads it to decide whether to switch providers."""
+        return self._final_error
 
     def _fail(self, error: ProviderError) -> None:
         """End a live session on a fatal error: ``error`` (recoverable False), then ``closed``."""
@@ -949,10 +968,12 @@ class WebSocketRealtimeClient(RealtimeAudioClient):
                 self._writable = False
                 continue
             try:
+                data = _dumps(item.frame)
                 # The state was OPEN with no await in between, so the socket takes the frame
                 # now; if the connection fails while draining, it is lost with that socket and
-                # never re-sent (exactly once).
-                await link.ws.send(_dumps(item.frame))
+                # never re-sent by the transport (exactly once).
+                self._frame_taken(item.frame, item.audio, len(data))
+                await link.ws.send(data)
             except ConnectionClosed:
                 self._writable = False
             except Exception:

@@ -61,6 +61,7 @@ from protocol.keys import Keys, key_slot
 
 from .connection import (
     REDIS_ERRORS,
+    RETRY_REPLIES,
     Entries,
     PumpConnection,
     RedisHealth,
@@ -213,6 +214,14 @@ class RedisStores:
     def single(cls, redis: ArqRedis, keys: Keys) -> RedisStores:
         """Everything on one Redis client (tests and embedding inject one)."""
         return cls(sessions=redis, queue=redis, keys=keys)
+
+    async def disconnect(self) -> None:
+        """Drop every connection, also those in use (unblocks tasks stuck on a frozen Redis)."""
+        await self.queue.connection_pool.disconnect(inuse_connections=True)
+        if self.cluster is not None:
+            await self.cluster.nodes_manager.aclose()
+        elif self.sessions is not self.queue:
+            await self.sessions.connection_pool.disconnect(inuse_connections=True)
 
     async def aclose(self) -> None:
         if self.cluster is not None:
@@ -527,6 +536,14 @@ class BucketReads:
             raise reply
         return _stream_reply(reply)
 
+    async def pipeline(self, commands: list[Command]) -> list[Any]:
+        """One round trip of the bucket's commands (the reader's check of which stream Redis
+        refuses); a slot moving or failing over counts as unreachable, not as a refusal."""
+        replies = await self.router.call(self.slot, commands)
+        if any(isinstance(reply, RETRY_REPLIES) for reply in replies):
+            raise RedisConnectionError(f"slot {self.slot} is moving or failing over")
+        return replies
+
     async def _block(
         self, streams: dict[bytes, bytes], count: int, block_ms: int
     ) -> list[tuple[bytes, Entries]]:
@@ -622,8 +639,15 @@ class ShardedReader(_Lanes):
             self._start(tag, lane.run)
         return lane
 
-    async def add(self, stream: str, *, after: str, consumer: Callable[[Entries], None]) -> None:
-        await self._lane(stream).add(stream, after=after, consumer=consumer)
+    async def add(
+        self,
+        stream: str,
+        *,
+        after: str,
+        consumer: Callable[[Entries], None],
+        on_error: Callable[[ResponseError], None] | None = None,
+    ) -> None:
+        await self._lane(stream).add(stream, after=after, consumer=consumer, on_error=on_error)
 
     def remove(self, stream: str) -> None:
         lane = self.lanes.get(hash_tag(stream))

@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from protocol.keys import SessionKeys
 
 __all__ = [
+    "ABANDON",
     "ACQUIRE",
     "RENEW",
     "WRITE",
@@ -51,8 +52,30 @@ local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') or 0
 local want = tonumber(ARGV[1])
 if want ~= epoch + 1 then return {0, 'stale'} end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'owner', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'starts', 1)
 redis.call('SET', KEYS[2], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
 return {1, 'acquired'}
+"""
+
+# Close a session nobody owns (no lease) whose record still has the epoch the caller read: the
+# reaper gives up on a session that never gets going. Writes the given output entries, sets
+# status closed and expires the session's keys; 0 (nothing written) if anything changed.
+# KEYS: state, lease, input, output. ARGV: epoch as read, close ttl ms, output maxlen, then
+# entries as in WRITE (nf, then nf field/value pairs).
+ABANDON = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if (not status) or status == 'closed' then return 0 end
+if (redis.call('HGET', KEYS[1], 'epoch') or '') ~= ARGV[1] then return 0 end
+local i = 4
+while i <= #ARGV do
+  local nf = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, i + 1, i + 2 * nf))
+  i = i + 1 + 2 * nf
+end
+redis.call('HSET', KEYS[1], 'status', 'closed')
+for k = 1, 4 do if k ~= 2 then redis.call('PEXPIRE', KEYS[k], ARGV[2]) end end
+return 1
 """
 
 # KEYS: lease, input, output, state. ARGV: token, lease ttl ms, idle ttl ms, field/value pairs.
@@ -167,13 +190,38 @@ class LeaseScripts:
     start-up and whenever a reply says ``NOSCRIPT`` (a restarted or failed-over Redis).
     """
 
-    SOURCES = (ACQUIRE, RENEW, WRITE)
+    SOURCES = (ACQUIRE, RENEW, WRITE, ABANDON)
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self.acquire_sha = _sha(ACQUIRE)
         self.renew_sha = _sha(RENEW)
         self.write_sha = _sha(WRITE)
+        self.abandon_sha = _sha(ABANDON)
+
+    async def abandon(
+        self,
+        keys: SessionKeys,
+        *,
+        epoch: bytes,
+        entries: list[dict[str, Any]],
+        ttl_s: float,
+        maxlen: int,
+    ) -> bool:
+        """Close an unowned session whose record epoch is still ``epoch`` (raw, as read), writing
+        ``entries`` to its output stream first; False if it changed meanwhile (owned, closed)."""
+        args: list[Any] = [epoch, max(1, int(ttl_s * 1000)), maxlen]
+        for entry in entries:
+            args.append(len(entry))
+            for name, value in entry.items():
+                args += (name, value)
+        names = (keys.state, keys.lease, keys.input, keys.output)
+        try:
+            reply = await self.redis.evalsha(self.abandon_sha, 4, *names, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await self.load()
+            reply = await self.redis.evalsha(self.abandon_sha, 4, *names, *args)  # type: ignore[misc]
+        return int(reply) == 1
 
     async def load(self) -> None:
         """Load every script into the server's script cache (on a Redis Cluster: into every

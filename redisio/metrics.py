@@ -16,6 +16,7 @@ __all__ = [
     "ADMISSION_PAUSES",
     "AUDIO_FRAMES_DROPPED",
     "AUDIO_SECONDS",
+    "CREATE_REQUESTS",
     "EVENT_LOOP_LAG",
     "EVENT_LOOP_LAG_BUDGET",
     "FIRST_AUDIO_LATENCY",
@@ -30,15 +31,19 @@ __all__ = [
     "MALFORMED_ENTRIES",
     "METRIC_NAMES",
     "PROVIDER_ERRORS",
+    "PROVIDER_FAILOVERS",
+    "PROVIDER_HEALTH",
     "PROVIDER_TO_OUTPUT_LATENCY",
     "RECONNECTS",
     "REDIS_COMMAND_LATENCY",
     "REGISTRY",
+    "RESUME_BUFFER_DROPS",
     "RESUMPTIONS",
     "SESSIONS_ACTIVE",
     "SESSIONS_CAPACITY",
     "SESSIONS_ENDED",
     "SESSIONS_STARTED",
+    "START_FAILURES",
     "TAKEOVERS",
     "TOOL_CALL_ROUNDTRIP",
     "WORKER_DRAINING",
@@ -93,6 +98,14 @@ SESSIONS_STARTED = Counter(
     "voicegrid_sessions_started",
     "Session jobs started on this worker (new sessions, takeovers and handoffs).",
     ["provider"],
+    registry=REGISTRY,
+)
+START_FAILURES = Counter(
+    "voicegrid_session_start_failures",
+    "Sessions closed because they could not be started, by reason: invalid_record (the worker "
+    "cannot run the record), provider (the provider refused the connection), attempts (the "
+    "reaper gave up after MAX_START_ATTEMPTS lease epochs that never went live).",
+    ["reason"],
     registry=REGISTRY,
 )
 SESSIONS_ENDED = Counter(
@@ -151,10 +164,32 @@ RECONNECTS = Counter(
     ["provider", "reason"],
     registry=REGISTRY,
 )
+PROVIDER_FAILOVERS = Counter(
+    "voicegrid_provider_failovers",
+    "Sessions moved to another provider target, by pair and reason "
+    "(unreachable, rate_limit, server_error, auth, recovered).",
+    ["from_provider", "to_provider", "reason"],
+    registry=REGISTRY,
+)
+PROVIDER_HEALTH = Gauge(
+    "voicegrid_provider_health_state",
+    "A provider target's circuit breaker as this worker last saw it: 0 closed, 1 half-open, "
+    "2 open.",
+    ["target"],
+    registry=REGISTRY,
+)
 RESUMPTIONS = Counter(
     "voicegrid_resumptions",
     "How session state survived a reconnect or takeover: strategy=resumed|replayed.",
     ["provider", "strategy"],
+    registry=REGISTRY,
+)
+RESUME_BUFFER_DROPS = Counter(
+    "voicegrid_resume_buffer_dropped_messages",
+    "Client messages a provider client's resumption buffer dropped at its time or size bound "
+    "before a resumable state was known to include them (a resume inside the worker cannot "
+    "send them again; a takeover re-reads them from the input stream).",
+    ["provider"],
     registry=REGISTRY,
 )
 TAKEOVERS = Counter(
@@ -173,6 +208,14 @@ PROVIDER_ERRORS = Counter(
     "voicegrid_provider_errors",
     "Provider error events by provider, code and whether they were recoverable.",
     ["provider", "code", "recoverable"],
+    registry=REGISTRY,
+)
+CREATE_REQUESTS = Counter(
+    "voicegrid_create_requests",
+    "Session create requests a worker handled (<ns>:create), by outcome: created, rejected "
+    "(answered with an error and closed), taken (the id was in use), failed (the worker failed "
+    "on it and answered internal_error).",
+    ["outcome"],
     registry=REGISTRY,
 )
 MALFORMED_ENTRIES = Counter(

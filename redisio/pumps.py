@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -31,6 +32,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from protocol.backoff import Backoff
 from protocol.keys import Keys
+from protocol.streams import entry_id_key
 
 from .connection import (
     REDIS_ERRORS,
@@ -76,6 +78,7 @@ Batch = TypeVar("Batch")
 class _Subscription:
     cursor: bytes
     consumer: Callable[[Entries], None]
+    on_error: Callable[[ResponseError], None] | None = None
 
 
 class StreamReader:
@@ -108,9 +111,22 @@ class StreamReader:
         self._subs: dict[bytes, _Subscription] = {}
         self._reads: StreamLink = reads or PumpConnection(redis)
 
-    async def add(self, stream: str, *, after: str, consumer: Callable[[Entries], None]) -> None:
-        """Start delivering entries of ``stream`` after id ``after`` to ``consumer``."""
-        self._subs[stream.encode()] = _Subscription(after.encode(), consumer)
+    async def add(
+        self,
+        stream: str,
+        *,
+        after: str,
+        consumer: Callable[[Entries], None],
+        on_error: Callable[[ResponseError], None] | None = None,
+    ) -> None:
+        """Start delivering entries of ``stream`` after id ``after`` to ``consumer``.
+
+        ``after`` must be a full stream id (``StreamEntryError`` otherwise). If Redis ever
+        rejects reading ``stream`` (e.g. the key holds another type), the stream is dropped from
+        the shared read and ``on_error`` gets Redis' error; every other stream keeps flowing.
+        """
+        entry_id_key(after)  # one position Redis rejects would fail the read of every stream
+        self._subs[stream.encode()] = _Subscription(after.encode(), consumer, on_error)
         await self._wake()
 
     def remove(self, stream: str) -> None:
@@ -161,7 +177,8 @@ class StreamReader:
                 continue
             except ResponseError as exc:
                 log.error("stream read rejected by Redis: %s", exc)
-                await backoff.wait()
+                if not await self._isolate(streams):
+                    await backoff.wait()
                 continue
             backoff.reset()
             self.health.ok()
@@ -179,6 +196,37 @@ class StreamReader:
                     subscription.consumer(entries)
                 except Exception:
                     log.exception("session consumer failed on %d entries; skipped", len(entries))
+
+    async def _isolate(self, streams: dict[bytes, bytes]) -> bool:
+        """The shared read was rejected: find the streams Redis rejects on their own (one
+        non-blocking ``XREAD`` each, in one round trip), drop them and tell their subscribers.
+        True if any was found; their entries stay unread, nothing else is lost."""
+        keys = list(streams)
+        commands = [("XREAD", "COUNT", 1, "STREAMS", key, streams[key]) for key in keys]
+        try:
+            replies = await self._reads.pipeline(commands)
+        except REDIS_ERRORS as exc:
+            self.health.failed(exc)
+            return False
+        found = False
+        for key, reply in zip(keys, replies, strict=True):
+            if not isinstance(reply, ResponseError):
+                continue
+            found = True
+            if key == self.wake_key.encode():
+                log.error("wake stream %s rejected by Redis (%s); starting it afresh", key, reply)
+                self._wake_cursor = b"0-0"
+                with contextlib.suppress(*REDIS_ERRORS, ResponseError):
+                    await self.redis.delete(key)
+                continue
+            subscription = self._subs.pop(key, None)
+            log.error("stream %s rejected by Redis (%s); no longer read", key.decode(), reply)
+            if subscription is not None and subscription.on_error is not None:
+                try:
+                    subscription.on_error(reply)
+                except Exception:
+                    log.exception("stream error handler failed")
+        return found
 
 
 class PipelineWriter(abc.ABC, Generic[Source, Batch]):
@@ -430,7 +478,12 @@ class ReaderPump(Protocol):
     ``ShardedReader`` (a reader per bucket of a Redis Cluster)."""
 
     async def add(
-        self, stream: str, *, after: str, consumer: Callable[[Entries], None]
+        self,
+        stream: str,
+        *,
+        after: str,
+        consumer: Callable[[Entries], None],
+        on_error: Callable[[ResponseError], None] | None = None,
     ) -> None: ...
 
     def remove(self, stream: str) -> None: ...

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from protocol.errors import ConfigError
 from protocol.keys import DEFAULT_BUCKETS, MAX_BUCKETS, Keys, validate_namespace
+from protocol.options import OptionRule, parse_caller_options
+from protocol.streams import EntryLimits
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -32,6 +34,7 @@ __all__ = [
     "CommonSettings",
     "EnvTable",
     "batch_linger_s",
+    "entry_limits",
     "env_float",
     "env_int",
     "format_environment",
@@ -48,6 +51,8 @@ LOG_FORMATS = ("text", "json")
 #: ``REDIS_URL`` schemes that mean a Redis Cluster (TCP, TLS).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _NODE_SCHEMES = ("redis", "rediss", "unix")
+
+_LIMITS = EntryLimits()  # the defaults
 
 #: name -> (default, meaning). Secrets have default "" and say "secret" in the meaning.
 EnvTable = dict[str, tuple[str, str]]
@@ -88,6 +93,26 @@ COMMON_ENVIRONMENT: EnvTable = {
     "VOICEGRID_DRAIN_TIMEOUT_S": (
         str(DRAIN_TIMEOUT_S),
         "on SIGTERM: seconds to hand sessions (or callers) over before exiting",
+    ),
+    "VOICEGRID_CALLER_OPTIONS": (
+        "",
+        "provider options a session's caller may set, with bounds, replacing each provider's "
+        "defaults: comma-separated name:text[:MAXCHARS], name:flag, name:int:LOW..HIGH or "
+        "name:number:LOW..HIGH; none: no option at all (gateway and worker)",
+    ),
+    "VOICEGRID_MAX_AUDIO_ENTRY_MS": (
+        str(_LIMITS.audio_ms),
+        "largest caller audio entry, ms of the session's input format (20..10000); larger "
+        "frames are refused (ingress: EntryTooLarge; worker: an error event, never forwarded)",
+    ),
+    "VOICEGRID_MAX_COMMAND_BYTES": (
+        str(_LIMITS.command_bytes),
+        "largest JSON body of one command (config update, tool results, instruction), bytes "
+        "(1024..8388608)",
+    ),
+    "VOICEGRID_MAX_TOOL_OUTPUT_BYTES": (
+        str(_LIMITS.tool_output_bytes),
+        "largest JSON of one tool result's output, bytes (1024..8388608)",
     ),
 }
 
@@ -152,6 +177,19 @@ def batch_linger_s(env: Mapping[str, str] | None = None) -> float:
     return env_float(env, COMMON_ENVIRONMENT, "VOICEGRID_BATCH_LINGER_MS", 0.0, 50.0) / 1000
 
 
+def entry_limits(env: Mapping[str, str] | None = None) -> EntryLimits:
+    """The input entry size limits of this process (``VOICEGRID_MAX_*``, docs/streams.md)."""
+    env = os.environ if env is None else env
+    table = COMMON_ENVIRONMENT
+    return EntryLimits(
+        audio_ms=env_int(env, table, "VOICEGRID_MAX_AUDIO_ENTRY_MS", 20, 10_000),
+        command_bytes=env_int(env, table, "VOICEGRID_MAX_COMMAND_BYTES", 1024, 8 * 1024 * 1024),
+        tool_output_bytes=env_int(
+            env, table, "VOICEGRID_MAX_TOOL_OUTPUT_BYTES", 1024, 8 * 1024 * 1024
+        ),
+    )
+
+
 def format_environment(table: EnvTable) -> str:
     """``table`` as the help text of a command: one variable per paragraph."""
     lines = ["environment variables (default in brackets):"]
@@ -178,6 +216,9 @@ class CommonSettings:
     log_format: str = "text"
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     batch_linger_s: float = 0.005
+    limits: EntryLimits = dataclasses.field(default_factory=EntryLimits)
+    #: the provider options callers may set (``None``: each provider's defaults)
+    caller_options: dict[str, OptionRule] | None = None
 
     @property
     def redis_url_redacted(self) -> str:
@@ -216,6 +257,8 @@ class CommonSettings:
             "log_format": log_format,
             "drain_timeout_s": env_float(env, table, "VOICEGRID_DRAIN_TIMEOUT_S", 0.0, 3600.0),
             "batch_linger_s": batch_linger_s(env),
+            "limits": entry_limits(env),
+            "caller_options": parse_caller_options(_raw(env, table, "VOICEGRID_CALLER_OPTIONS")),
         }
 
     @classmethod

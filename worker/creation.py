@@ -27,7 +27,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis
@@ -47,26 +46,25 @@ from protocol.errors import (
     ConfigError,
     RuntimeFailure,
     SessionTimeout,
-    StreamEntryError,
     UsageError,
 )
-from protocol.keys import Keys, SessionKeys
+from protocol.keys import Keys
 from protocol.streams import (
     CLOSED_TTL_S,
-    CONNECT_REF,
     IDLE_TTL_S,
-    OUTPUT_MAXLEN,
     SessionRecord,
-    StateField,
     encode_record,
     now_us,
 )
-from providers import registered_providers
+from providers import check_options, registered_providers
 from redisio.connection import REDIS_ERRORS, RedisHealth
 from redisio.creation import claim_session, publish_rejection
 from redisio.jobs import enqueue_session
+from redisio.metrics import CREATE_REQUESTS
 
-__all__ = ["CLAIM_IDLE_S", "FIRST_LEASE_WAIT_S", "CreateConsumer", "close_unreadable"]
+from .settings import WorkerSettings
+
+__all__ = ["CLAIM_IDLE_S", "FIRST_LEASE_WAIT_S", "CreateConsumer"]
 
 log = logging.getLogger("voicegrid.worker.create")
 
@@ -92,6 +90,7 @@ class CreateHost(Protocol):
     worker_id: str
     health: RedisHealth
     draining: bool
+    settings: WorkerSettings
 
 
 class CreateConsumer:
@@ -194,6 +193,7 @@ class CreateConsumer:
             raise
         except Exception as exc:
             log.exception("create request %s could not be handled", request_id)
+            CREATE_REQUESTS.labels("failed").inc()
             rejected = RequestRejected(
                 "internal_error", RuntimeFailure(f"the worker failed on this request: {exc!r}")
             )
@@ -208,6 +208,7 @@ class CreateConsumer:
                 "create request %s rejected (%s): %s", request_id, rejected.code, rejected.error
             )
             await self._reject(request_id, fields.get(b"sid"), rejected)
+            CREATE_REQUESTS.labels("rejected").inc()
             return
         record = SessionRecord(
             provider=request.provider,
@@ -223,12 +224,14 @@ class CreateConsumer:
         )
         if outcome == "taken":
             await self._taken(request_id, request.session_id)
+            CREATE_REQUESTS.labels("taken").inc()
             return
         if status == "closed":
             return  # given up by its producer (or handled and ended already)
         deadline = int((time.time() + FIRST_LEASE_WAIT_S) * 1000)
         await self.redis.zadd(self.keys.live, {request.session_id: deadline})
         await enqueue_session(self.redis, self.keys, request.session_id, 1)
+        CREATE_REQUESTS.labels("created").inc()
         log.info(
             "session %s created by request %s (%s %s)",
             request.session_id,
@@ -245,6 +248,12 @@ class CreateConsumer:
                 ConfigError(f"field 'provider' is {request.provider!r}; expected one of {known}"),
                 request.session_id,
             )
+        try:  # the operator's allow-list of caller-settable options, as the gateway applies it
+            check_options(
+                request.provider, request.options, allowed=self.host.settings.caller_options
+            )
+        except ConfigError as exc:
+            raise RequestRejected("invalid_request", exc, request.session_id) from None
         age_s = time.time() - int(request_id.partition("-")[0]) / 1000
         if age_s > CREATE_MAX_AGE_S:
             raise RequestRejected(
@@ -309,36 +318,3 @@ class CreateConsumer:
                     and idle_s > STALE_CONSUMER_S
                 ):
                     await self.redis.xgroup_delconsumer(self.keys.create, CREATE_GROUP, name)
-
-
-async def close_unreadable(
-    redis: Redis,
-    keys: Keys,
-    session: SessionKeys,
-    raw: Mapping[Any, Any],
-    error: StreamEntryError,
-    *,
-    epoch: int,
-    queue: Redis | None = None,
-) -> None:
-    """A session whose record cannot be read (this worker holds its lease): end it visibly,
-    with ``error`` (``malformed_record``), the failed ``connect`` acknowledgement of a new
-    session and ``closed``, instead of deleting it under its producer's feet. ``queue``: the
-    Redis of ``<ns>:live`` when it is not ``redis`` (a cluster deployment)."""
-    request = raw.get(b"req") or raw.get("req")
-    ref = None
-    if epoch == 1:
-        ref = request.decode() if isinstance(request, bytes) else str(request or CONNECT_REF)
-    rejected = RequestRejected("malformed_record", error, session.session_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        for entry in rejection_entries(ref, rejected, epoch=epoch):
-            pipe.xadd(session.output, entry, maxlen=OUTPUT_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        pipe.hset(session.state, StateField.STATUS, "closed")
-        pipe.delete(session.lease)
-        for key in (session.state, session.input, session.output):
-            pipe.pexpire(key, CLOSED_TTL_S * 1000)
-        if queue is None or queue is redis:
-            pipe.zrem(keys.live, session.session_id)
-        await pipe.execute()
-    if queue is not None and queue is not redis:
-        await queue.zrem(keys.live, session.session_id)

@@ -44,9 +44,20 @@ from arq.worker import Worker, func
 from redis.exceptions import NoScriptError, ResponseError
 
 from protocol.backoff import Backoff
-from protocol.errors import InvalidSessionId, StreamEntryError
+from protocol.create import RequestRejected, rejection_entries
+from protocol.errors import InvalidSessionId, RuntimeFailure, StreamEntryError
 from protocol.keys import SessionKeys, validate_session_id
-from protocol.streams import IDLE_TTL_S, OUTPUT_MAXLEN, SCHEMA_VERSION, decode_record
+from protocol.streams import (
+    CLOSED_TTL_S,
+    CONNECT_REF,
+    IDLE_TTL_S,
+    MAX_START_ATTEMPTS,
+    OUTPUT_MAXLEN,
+    SCHEMA_VERSION,
+    Fields,
+    StateField,
+    decode_record,
+)
 from redisio.cluster import (
     GroupedPipelines,
     ShardedReader,
@@ -58,7 +69,7 @@ from redisio.cluster import (
 from redisio.connection import REDIS_ERRORS, RETRY_REPLIES, RedisHealth
 from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
-from redisio.lease import LeaseScripts
+from redisio.lease import Lease, LeaseScripts, SessionWrite
 from redisio.metrics import (
     ADMISSION_PAUSED,
     ADMISSION_PAUSES,
@@ -70,13 +81,14 @@ from redisio.metrics import (
     SESSIONS_CAPACITY,
     SESSIONS_ENDED,
     SESSIONS_STARTED,
+    START_FAILURES,
     TAKEOVERS,
     WORKER_DRAINING,
 )
 from redisio.pumps import OutputPump, OutputWriter, ReaderPump, StreamReader
 
 from .admission import HEARTBEAT_S, AdmissionGate, LoopLagMeter
-from .creation import CreateConsumer, close_unreadable
+from .creation import CreateConsumer
 from .session import Phase, SessionRunner
 from .settings import WorkerSettings
 
@@ -96,6 +108,14 @@ JOB_TIMEOUT_S = 6 * 3600
 POLL_DELAY_S = 0.05
 #: How often the trailing input cursors are saved.
 CHECKPOINT_INTERVAL_S = 0.1
+#: The reaper looks this long after the next lease deadline it knows of (the lease's PX starts
+#: when Redis runs the renewal, a little after the deadline was computed), and never more often.
+REAP_MARGIN_S = 0.02
+#: Each step of closing a worker (cancelled tasks unwinding, closing Redis) waits at most this;
+#: the drain leaves :data:`CLOSE_RESERVE_S` of its budget for them, so a worker exits within
+#: ``VOICEGRID_DRAIN_TIMEOUT_S`` whatever Redis and the providers do.
+CLOSE_STEP_S = 0.5
+CLOSE_RESERVE_S = 4 * CLOSE_STEP_S
 #: How soon renewals that failed (Redis or one shard unreachable) are tried again.
 RENEW_RETRY_S = 0.1
 
@@ -149,6 +169,7 @@ class WorkerRuntime:
         self._ended = asyncio.Condition()
         #: turns ``<ns>:create`` requests into sessions (any Redis client can create one)
         self.creator = CreateConsumer(self)
+        self._next_deadline_ms: int | None = None
 
     def _output_writer(self, *, linger_s: float, conn: SlotPipe | None = None) -> OutputWriter:
         return OutputWriter(
@@ -208,34 +229,53 @@ class WorkerRuntime:
         )
 
     async def drain(self) -> None:
-        """Stop taking sessions and hand every live one over (bounded by the drain timeout)."""
+        """Stop taking sessions and hand every live one over: all of it within the drain
+        timeout, whatever state Redis and the providers are in (a session still held then
+        lapses and is taken over, as after a crash)."""
         self.draining = True
         WORKER_DRAINING.set(1)
         self._apply_admission()
         runners = list(self.sessions.values())
         if runners:
             log.info("draining: handing %d sessions over", len(runners))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True),
-                self.settings.drain_timeout_s,
+        budget = max(CLOSE_STEP_S, self.settings.drain_timeout_s - CLOSE_RESERVE_S)
+        try:
+            async with asyncio.timeout(budget):
+                await asyncio.gather(*(r.hand_off() for r in runners), return_exceptions=True)
+                async with self._ended:
+                    await self._ended.wait_for(lambda: not self.sessions)
+        except TimeoutError:
+            log.warning(
+                "drain timeout (%.1fs): %d sessions not handed over; they will be taken over",
+                budget,
+                len(self.sessions),
             )
-            async with self._ended:
-                await asyncio.wait_for(
-                    self._ended.wait_for(lambda: not self.sessions), self.settings.drain_timeout_s
-                )
 
-    async def close(self) -> None:
-        """Stop every task and close the Redis client."""
-        for task in self._tasks + list(self._background):
+    async def close(self, *others: asyncio.Task[Any]) -> None:
+        """Stop every task (and ``others``) and close the Redis client, in bounded time: a task
+        cancelled while it waits on a frozen Redis (say, redis-py sending UNWATCH as it unwinds
+        a transaction) is unblocked by closing the connections under it."""
+        tasks = [*self._tasks, *self._background, *others]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_STEP_S)
+            if stuck:
+                log.warning("%d tasks wait on Redis; closing its connections", len(stuck))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.stores.disconnect(), CLOSE_STEP_S)
+                await asyncio.wait(stuck, timeout=CLOSE_STEP_S)
+            for task in tasks:  # what they died of was logged; do not report it again at exit
+                if task.done() and not task.cancelled():
+                    task.exception()
         if self.http is not None:
             await self.http.stop()
-        await self._renewals.close()
-        await self._reaps.close()
+        for pipelines in (self._renewals, self._reaps):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pipelines.close(), CLOSE_STEP_S)
         if self._own_redis:
-            await self.stores.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.stores.aclose(), CLOSE_STEP_S)
 
     @property
     def ready(self) -> bool:
@@ -336,17 +376,18 @@ class WorkerRuntime:
             if self.queue is self.redis:
                 pipe.hgetall(keys.state)
             replies = await pipe.execute()
-        if self.queue is not self.redis:
+        if self.queue is not self.redis:  # the record is on the cluster
             replies.append(await self.redis.hgetall(keys.state))  # type: ignore[misc]
+        raw = replies[-1]
         try:
-            record = decode_record(replies[-1])
-        except StreamEntryError as exc:
-            log.error("session %s has a malformed record (%s); closing it", session_id, exc)
-            await close_unreadable(
-                self.redis, self.keys, keys, replies[-1], exc, epoch=epoch, queue=self.queue
-            )
+            record = decode_record(raw)
+            runner = SessionRunner(self, lease, record)
+        except Exception as exc:
+            # a record no worker can start (written by a producer that is not the ingress, or
+            # corrupted): say why on the output stream and close it, never leave it pending for
+            # the reaper to re-enqueue forever
+            await self._close_unstartable(lease, raw, exc)
             return
-        runner = SessionRunner(self, lease, record)
         if runner.kind == "takeover":
             TAKEOVERS.labels("lease_expired").inc()
         elif runner.kind == "handoff":
@@ -376,6 +417,28 @@ class WorkerRuntime:
         if reason in ("closed", "error"):
             with contextlib.suppress(*REDIS_ERRORS):
                 await self.queue.zrem(self.keys.live, session_id)
+
+    async def _close_unstartable(
+        self, lease: Lease, raw: dict[bytes, bytes], exc: BaseException
+    ) -> None:
+        keys = lease.keys
+        message = f"session {keys.session_id} cannot be started: {exc}"
+        log.error("%s; closing it", message)
+        START_FAILURES.labels("invalid_record").inc()
+        code = "malformed_record" if isinstance(exc, StreamEntryError) else "invalid_record"
+        entries = _unstartable_entries(
+            lease.epoch, raw.get(b"status"), code, message, request=raw.get(b"req")
+        )
+        write = SessionWrite(
+            lease, entries, {StateField.STATUS: b"closed"}, "close", float(CLOSED_TTL_S)
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        self.scripts.queue_write(
+            pipe, [write], maxlen=OUTPUT_MAXLEN, version=str(SCHEMA_VERSION).encode()
+        )
+        with contextlib.suppress(*REDIS_ERRORS):
+            await pipe.execute(raise_on_error=False)
+            await self.queue.zrem(self.keys.live, keys.session_id)
 
     def released(self, runner: SessionRunner) -> None:
         """A hand-off's lease release was written: enqueue the next epoch for another worker."""
@@ -491,9 +554,17 @@ class WorkerRuntime:
             self.loop_lagged(time.monotonic() - before)
 
     async def _reap_loop(self) -> None:
-        """Re-enqueue sessions whose lease expired (their owner died); runs on every worker."""
+        """Re-enqueue sessions whose lease expired (their owner died); runs on every worker.
+
+        A pass runs every 0.5-1 renewal interval, and also right after the next lease deadline
+        the previous pass saw in ``<ns>:live``: a dead owner's sessions are found within
+        :data:`REAP_MARGIN_S` of their lease expiring, not up to a whole interval later."""
         while True:
-            await asyncio.sleep(self.settings.lease_renew_s * random.uniform(0.5, 1.0))
+            delay = self.settings.lease_renew_s * random.uniform(0.5, 1.0)
+            if self._next_deadline_ms is not None:
+                due = self._next_deadline_ms / 1000 - time.time() + REAP_MARGIN_S
+                delay = max(REAP_MARGIN_S, min(delay, due))
+            await asyncio.sleep(delay)
             if self.draining:
                 continue
             try:
@@ -520,15 +591,13 @@ class WorkerRuntime:
                 await self.queue.zrem(self.keys.live, raw)
                 continue
             groups.setdefault(keys.tag, []).append((raw, sid, keys))
+        fields = ("status", "epoch", StateField.STARTS, StateField.REQUEST)
         results = await self._reaps.execute(
             {
                 tag: [
                     command
                     for _, _, keys in members
-                    for command in (
-                        ("HMGET", keys.state, "status", "epoch"),
-                        ("EXISTS", keys.lease),
-                    )
+                    for command in (("HMGET", keys.state, *fields), ("EXISTS", keys.lease))
                 ]
                 for tag, members in groups.items()
             }
@@ -538,24 +607,72 @@ class WorkerRuntime:
             if isinstance(replies, BaseException):
                 self.health.failed(replies)
                 continue
-            for index, (raw, sid, _) in enumerate(members):
+            for index, (raw, sid, keys) in enumerate(members):
                 state, leased = replies[2 * index], replies[2 * index + 1]
                 if isinstance(state, BaseException) or isinstance(leased, BaseException):
                     continue  # e.g. its slot is mid-migration: the next pass sees it again
-                status, epoch_raw = state
-                if status is None or status == b"closed":
-                    await self.queue.zrem(self.keys.live, raw)
-                    continue
-                if leased:
-                    continue
-                epoch = int(epoch_raw or 0) + 1
-                if await enqueue_session(self.queue, self.keys, sid, epoch):
-                    enqueued += 1
-                    log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
-                else:
-                    await self._unstick(sid, epoch)
+                enqueued += await self._reap(raw, sid, keys, state, leased)
+        # the next lease that will expire (one still in the future: those already past are
+        # being taken over, or wait in the queue, and are looked at every interval)
+        upcoming = await self.queue.zrangebyscore(
+            self.keys.live, now_ms + 1, "+inf", start=0, num=1, withscores=True
+        )
+        self._next_deadline_ms = int(upcoming[0][1]) if upcoming else None
         REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
         return enqueued
+
+    async def _reap(
+        self, raw: bytes, sid: str, keys: SessionKeys, state: list[Any], leased: int
+    ) -> int:
+        """Re-enqueue one expired session (1), or drop or close it (0)."""
+        status, epoch_raw, starts_raw, request = state
+        if status is None or status == b"closed":
+            await self.queue.zrem(self.keys.live, raw)
+            return 0
+        if leased:
+            return 0
+        epoch_raw = epoch_raw or b"0"
+        starts = int(starts_raw) if (starts_raw or b"").isdigit() else 0
+        if not epoch_raw.isdigit() or len(epoch_raw) > 18:
+            await self._give_up(
+                keys, status, epoch_raw, f"its epoch {epoch_raw[:40]!r} is invalid", request
+            )
+            return 0
+        if starts >= MAX_START_ATTEMPTS:
+            await self._give_up(
+                keys,
+                status,
+                epoch_raw,
+                f"{starts} workers took it without getting it going (a worker died on it "
+                "each time, see the workers' logs)",
+                request,
+            )
+            return 0
+        epoch = int(epoch_raw) + 1
+        if await enqueue_session(self.queue, self.keys, sid, epoch):
+            log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
+            return 1
+        await self._unstick(sid, epoch)
+        return 0
+
+    async def _give_up(
+        self,
+        keys: SessionKeys,
+        status: bytes,
+        epoch_raw: bytes,
+        why: str,
+        request: bytes | None = None,
+    ) -> None:
+        """Close a session the reaper will not re-enqueue again, with an error that says why."""
+        message = f"session {keys.session_id} could not be started: {why}"
+        epoch = int(epoch_raw) if epoch_raw.isdigit() and len(epoch_raw) <= 18 else 0
+        entries = _unstartable_entries(epoch, status, "start_failed", message, request=request)
+        if await self.scripts.abandon(
+            keys, epoch=epoch_raw, entries=entries, ttl_s=CLOSED_TTL_S, maxlen=OUTPUT_MAXLEN
+        ):
+            START_FAILURES.labels("attempts").inc()
+            log.error("reaper: %s; closed it", message)
+        await self.queue.zrem(self.keys.live, keys.session_id)
 
     async def _unstick(self, session_id: str, epoch: int) -> None:
         """The job for ``epoch`` exists: if a worker died between taking it and its lease,
@@ -572,6 +689,19 @@ class WorkerRuntime:
                 pipe.delete(in_progress)
                 pipe.zadd(self.keys.queue, {job_id: int(time.time() * 1000)})
                 await pipe.execute()
+
+
+def _unstartable_entries(
+    epoch: int, status: bytes | None, code: str, message: str, *, request: bytes | None = None
+) -> list[Fields]:
+    """What a session that cannot be started says on its output stream: an ``error`` (not
+    recoverable), the failed connect acknowledgement a connecting caller waits for (its ``ref``
+    is the create request's id, as a successful one's would be), ``closed``."""
+    ref = None
+    if status != b"live":  # somebody may be waiting in connect()
+        ref = request.decode(errors="replace") if request else CONNECT_REF
+    rejected = RequestRejected(code, RuntimeFailure(message))
+    return rejection_entries(ref, rejected, epoch=epoch, closed_reason=code)
 
 
 def _replies(
@@ -627,13 +757,24 @@ async def run_worker(
     ``started`` is resolved with the runtime once the worker takes jobs.
     """
     runtime = WorkerRuntime(settings, redis=redis)
-    await runtime.start()
+    stop = asyncio.create_task(stop_event.wait())
+    # a signal is honoured in every state: also while Redis is unreachable at start-up (start
+    # retries loading the scripts forever)
+    starting = asyncio.create_task(runtime.start(), name="voicegrid-start")
+    await asyncio.wait({starting, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stopped before Redis at %s answered", settings.redis_url_redacted)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        stop.cancel()
+        await runtime.close()
+        return
+    starting.result()
     worker = arq_worker(runtime)
     runtime.arq = worker
     runtime._apply_admission()  # overloaded already (a slow start): arq must not pull at all
     if started is not None and not started.done():
         started.set_result(runtime)
-    stop = asyncio.create_task(stop_event.wait())
     main: asyncio.Task[None] | None = None
     backoff = Backoff(first=0.1)
     try:
@@ -649,20 +790,13 @@ async def run_worker(
             # arq's poll loop dies on a connection error; sessions keep running, so restart it
             runtime.health.failed(error)
             log.warning("arq poll failed (%s); restarting it", type(error).__name__)
-            await backoff.wait()
+            await asyncio.wait({stop}, timeout=backoff.next_delay())
         await runtime.drain()
         # sessions that just ended may still be returning from their arq job: let them finish
-        # so arq records a result instead of a cancellation
-        if worker.tasks:
-            await asyncio.wait(list(worker.tasks.values()), timeout=1.0)
+        # so arq records a result instead of a cancellation (not after a drain that timed out)
+        if worker.tasks and not runtime.sessions:
+            await asyncio.wait(list(worker.tasks.values()), timeout=CLOSE_STEP_S)
     finally:
         stop.cancel()
         worker.allow_pick_jobs = False
-        if main is not None:
-            main.cancel()
-        for task in list(worker.tasks.values()):
-            task.cancel()
-        await asyncio.gather(
-            *([main] if main is not None else []), *worker.tasks.values(), return_exceptions=True
-        )
-        await runtime.close()
+        await runtime.close(*([main] if main is not None else []), *worker.tasks.values())

@@ -15,6 +15,13 @@ handed to the client may still sit in its send buffer or socket when the process
 a crash the new owner re-sends at most that much audio rather than lose any. Commands are never
 applied twice: ``cmd_cursor`` is saved with the first write after a command. On a graceful
 hand-off the exact ``last_id`` is saved after the provider connection closed cleanly.
+
+Provider-side resumption restores an older state (a Gemini handle: the session as of the moment
+it was issued), so the frames handed after that moment are missing from a resumed session, even
+those before ``cursor``. A client that can resume exports how many of its frames the state
+includes (``input_frames``); :class:`InputPositions` maps that to the entry id of the last of
+them, saved in ``pstate`` as ``input_after``, and a new owner that resumed reads after that entry
+instead of ``cursor`` (commands before ``cmd_cursor`` are still skipped).
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from protocol import (
     ErrorEvent,
     ProviderConnectionError,
     ProviderError,
+    ProviderTarget,
     RealtimeAudioClient,
     RealtimeSessionConfig,
+    RealtimeToolResponse,
     ResponseDoneEvent,
     ToolCallCancelledEvent,
     ToolCallEvent,
@@ -46,7 +55,7 @@ from protocol import (
     parse_config,
 )
 from protocol.backoff import Backoff
-from protocol.errors import ConfigError, StreamEntryError, UsageError
+from protocol.errors import ConfigError, EntryTooLarge, StreamEntryError, UsageError
 from protocol.events import EVENT_NAMES
 from protocol.keys import SessionKeys
 from protocol.streams import (
@@ -69,7 +78,7 @@ from protocol.streams import (
     entry_id_key,
     now_us,
 )
-from providers import create_client
+from providers import check_options, create_client
 from redisio.lease import Lease, WriteMode
 from redisio.metrics import (
     AUDIO_SECONDS,
@@ -79,11 +88,14 @@ from redisio.metrics import (
     MALFORMED_ENTRIES,
     PROVIDER_ERRORS,
     RECONNECTS,
+    RESUME_BUFFER_DROPS,
     RESUMPTIONS,
+    START_FAILURES,
     TOOL_CALL_ROUNDTRIP,
 )
 from redisio.pumps import OutputPump, ReaderPump, WriteBatch
 
+from . import failover
 from .conversation import ConversationLog, replay_config
 from .settings import WorkerSettings
 
@@ -106,6 +118,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "CURSOR_LAG_S",
     "TRANSITIONS",
+    "InputPositions",
     "Phase",
     "SessionRunner",
     "StartKind",
@@ -122,6 +135,9 @@ CONNECT_TIMEOUT_S = 15.0
 TAKEOVER_CONNECT_ATTEMPTS = 3
 #: Seconds for a graceful provider disconnect during close, hand-off or fencing.
 DISCONNECT_TIMEOUT_S = 5.0
+#: Caller frames an :class:`InputPositions` remembers: 20 s of 20 ms frames, twice what the input
+#: stream keeps (a resumption point further back can only be re-read from the stream's start).
+MAX_POSITIONS = 1000
 
 # labelled series of the per-frame metrics, resolved once: ``labels()`` on every frame costs a
 # lock and a lookup, about 1.4 µs per call (bench/README.md). The counters are also added to once
@@ -143,6 +159,36 @@ def reconnect_reason(event: ConnectionEvent) -> str:
         if needle in text:
             return label
     return "drop"
+
+
+class InputPositions:
+    """The input entries whose audio a provider client took, in order, by their count.
+
+    A client that resumes provider-side exports how many of the frames its ``send_audio`` took
+    its resumable state includes (``input_frames``, see ``GeminiLiveClient.export_state``);
+    :meth:`entry` turns that count into the entry id of the last of them (``start``, where this
+    owner began reading, for 0): a new owner reads after it, so what the state lacks is sent
+    again. Counts only ever grow, so the ids before a mapped one are forgotten.
+    """
+
+    def __init__(self, start: str) -> None:
+        self._base = start  # the entry of frame number `_base_count` (0: none yet)
+        self._base_count = 0
+        self._ids: deque[str] = deque()
+
+    def fed(self, entry_id: str) -> None:
+        """The client took the audio of ``entry_id`` (its next frame)."""
+        if len(self._ids) >= MAX_POSITIONS:
+            self._base = self._ids.popleft()
+            self._base_count += 1
+        self._ids.append(entry_id)
+
+    def entry(self, count: int) -> str:
+        """The entry id of frame number ``count`` (or the oldest one still known)."""
+        while self._base_count < count and self._ids:
+            self._base = self._ids.popleft()
+            self._base_count += 1
+        return self._base
 
 
 class Phase(enum.Enum):
@@ -187,6 +233,11 @@ class SessionRunner:
         self.end_reason: EndReason = "closed"
         self.client: RealtimeAudioClient | None = None
         self.config = parse_config(record.config)
+        # which provider options a caller may set is the operator's decision (bounded): a
+        # record from any producer is held to it
+        check_options(self.provider, record.options, allowed=runtime.settings.caller_options)
+        self._limits = runtime.settings.limits
+        self._max_audio_bytes = self._limits.audio_bytes(self.config.input_audio)
         self.conversation = ConversationLog(record.conversation)
         self.strategy: Literal["resumed", "replayed"] | None = None
         # True when the provider client could not restore its session (the worker replayed
@@ -214,6 +265,9 @@ class SessionRunner:
         self._final: tuple[WriteMode, float] | None = None
         self._pstate = orjson.dumps(record.provider_state)
         self._pstate_version = -1  # the client's state_version when pstate was last exported
+        # input entries by the client's frame count, when the client resumes provider-side
+        self._positions: InputPositions | None = None
+        self._resume_drops = 0  # the client's resumption-buffer drops already counted
         # per-frame counters not yet added to the Prometheus series (see _flush_out_metrics)
         self._out_frames = 0
         self._out_seconds = 0.0
@@ -253,19 +307,21 @@ class SessionRunner:
         return self.end_reason
 
     async def _start(self) -> None:
-        settings = self.runtime.settings
-        api_key, url = None, None
-        if self.provider == "openai":
-            api_key, url = settings.openai_api_key or None, settings.openai_url or None
-        elif self.provider == "gemini":
-            api_key, url = settings.gemini_api_key or None, settings.gemini_url or None
+        creds = failover.credentials(self.runtime.settings, self.provider)
+        api_key, url = creds["api_key"], creds["url"]
         # credentials and endpoints are this worker's configuration, never the record's
         options = {k: v for k, v in self.record.options.items() if k not in ("api_key", "url")}
 
         def new_client() -> RealtimeAudioClient:
-            client = create_client(
-                self.provider, model=self.record.model, api_key=api_key, url=url, **options
-            )
+            if self.config.fallbacks:
+                primary = ProviderTarget(
+                    provider=self.provider, model=self.record.model, options=options
+                )
+                client = failover.build_client(self.runtime, primary, self.config.fallbacks)
+            else:
+                client = create_client(
+                    self.provider, model=self.record.model, api_key=api_key, url=url, **options
+                )
             self.client = client
             self._pstate_version = -1  # a new client counts from 0 again
             for name in sorted(EVENT_NAMES):
@@ -312,8 +368,15 @@ class SessionRunner:
         else:
             RESUMPTIONS.labels(self.provider, self.strategy or "replayed").inc()
         self._record_updates[StateField.HANDOFF] = b"0"
+        self._record_updates[StateField.STARTS] = b"0"  # it got going: the reaper may retry it
         self.runtime.writer.mark(self)
-        await self.runtime.reader.add(self.keys.input, after=self.last_id, consumer=self.feed)
+        if self.strategy == "resumed":
+            self._read_after_resumption_point()
+        if client.capabilities.session_resumption:
+            self._positions = InputPositions(self.last_id)
+        await self.runtime.reader.add(
+            self.keys.input, after=self.last_id, consumer=self.feed, on_error=self._input_rejected
+        )
         if self._handoff_requested:
             await self.hand_off()
 
@@ -335,12 +398,36 @@ class SessionRunner:
             return replay_config(self.config, self.conversation)
         return self.config
 
+    def _read_after_resumption_point(self) -> None:
+        """A provider-side resume restored the state saved with ``pstate``: read the input
+        after its last entry (``input_after``), not after ``cursor``. Entries between the two
+        reached the previous owner's provider connection after that state was taken, so the
+        resumed session lacks them; entries after ``cursor`` that the state holds are not sent
+        twice. Commands keep their own cursor and are never applied again."""
+        after = self.record.provider_state.get("input_after")
+        if not isinstance(after, str):
+            return
+        try:
+            key = entry_id_key(after)
+        except StreamEntryError:
+            log.warning("session %s: ignoring the invalid input_after %r", self.session_id, after)
+            return
+        log.info(
+            "session %s: resumed; re-reading the input after %s (cursor %s)",
+            self.session_id,
+            after,
+            self.last_id,
+        )
+        self.last_id = after
+        self._last_key = key
+
     async def _fail(self, exc: BaseException) -> None:
         """The provider connection could not be made: report it and close the session."""
         error = exc if isinstance(exc, VoicegridError) else None
         code = exc.code if isinstance(exc, ProviderError) else "connect_failed"
         message = str(exc) if error is not None else f"{type(exc).__name__}: {exc}"
         PROVIDER_ERRORS.labels(self.provider, code, "false").inc()
+        START_FAILURES.labels("provider").inc()
         self._emit("error", ErrorEvent(code=code, message=message, recoverable=False))
         if self.kind == "new":
             self._push(
@@ -360,6 +447,7 @@ class SessionRunner:
     async def _finish(self, mode: WriteMode) -> None:
         """Write the last record fields (``mode`` releases or closes) and end the job."""
         self.runtime.reader.remove(self.keys.input)
+        self._count_resume_drops()
         fields = self._checkpoint_fields(exact=True)
         if mode == "close":
             fields[StateField.STATUS] = b"closed"
@@ -418,6 +506,23 @@ class SessionRunner:
             await self._quiet_disconnect()
         self._ended.set()
 
+    def _input_rejected(self, exc: Exception) -> None:
+        """Redis refuses to read this session's input stream (the key holds another type): the
+        session cannot go on; the worker's other sessions are not affected."""
+        if self.phase is not Phase.LIVE:
+            return
+        message = f"session {self.session_id}: Redis rejects reading its input stream: {exc}"
+        log.error("%s; closing the session", message)
+        self._emit("error", ErrorEvent(code="input_rejected", message=message, recoverable=False))
+        self._emit_closed(ConnectionEvent(reason="input_rejected"))
+        self.end_reason = "error"
+        self._to(Phase.CLOSING)
+        self._spawn(self._close_now())
+
+    async def _close_now(self) -> None:
+        await self._quiet_disconnect()
+        await self._finish("close")
+
     def lease_renewed(self) -> None:
         """A renewal succeeded: entries held while the lease was unconfirmed go through."""
         if self.phase is Phase.LIVE and self._held and not self._holding:
@@ -469,17 +574,16 @@ class SessionRunner:
         self.last_id = entry_id
         self._handed.append((time.monotonic(), entry_id))
         try:
+            body = fields.get(b"b")
+            if body is not None:  # refused before it is even parsed
+                kind = fields.get(b"c", b"?")[:40].decode("ascii", "replace")
+                self._limits.check_command(kind, len(body))
             entry = decode_input(fields)
+        except EntryTooLarge as exc:
+            self._refuse(entry_id, "too_large", "entry_too_large", exc)
+            return None
         except StreamEntryError as exc:
-            MALFORMED_ENTRIES.labels("input").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="malformed_entry",
-                    message=f"input entry {entry_id}: {exc}",
-                    recoverable=True,
-                ),
-            )
+            self._refuse(entry_id, "input", "malformed_entry", exc)
             return None
         if isinstance(entry, AudioEntry):
             return self._send_audio(entry_id, entry)
@@ -488,20 +592,29 @@ class SessionRunner:
             self._command(entry_id, entry.command)
         return None
 
+    def _refuse(self, entry_id: str, kind: str, code: str, problem: object) -> None:
+        """An input entry (or part of one) is refused: a recoverable ``error`` event naming the
+        entry and why, counted by ``kind``; nothing of it is forwarded, the session goes on."""
+        MALFORMED_ENTRIES.labels(kind).inc()
+        message = f"input entry {entry_id}: {problem}"
+        self._emit("error", ErrorEvent(code=code, message=message, recoverable=True))
+
     def _send_audio(self, entry_id: str, entry: AudioEntry) -> float | None:
         """Relay one caller frame; its audio seconds, or None when the client rejected it."""
         assert self.client is not None
+        if len(entry.data) > self._max_audio_bytes:
+            try:
+                self._limits.check_audio(len(entry.data), self.config.input_audio)
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
+                return None
         try:
             self.client.send_audio(entry.data)
         except VoicegridError as exc:
-            MALFORMED_ENTRIES.labels("audio").inc()
-            self._emit(
-                "error",
-                ErrorEvent(
-                    code="invalid_audio", message=f"input entry {entry_id}: {exc}", recoverable=True
-                ),
-            )
+            self._refuse(entry_id, "audio", "invalid_audio", exc)
             return None
+        if self._positions is not None:
+            self._positions.fed(entry_id)
         INGRESS_TO_PROVIDER_LATENCY.observe(max(0.0, (now_us() - entry.ts_us) / 1e6))
         return len(entry.data) / self.config.input_audio.bytes_per_second
 
@@ -510,24 +623,7 @@ class SessionRunner:
         client = self.client
         try:
             if isinstance(command, ToolResponseCommand):
-                now = time.perf_counter()
-                cancelled = self.conversation.cancelled_calls()
-                responses = []
-                for response in command.responses:
-                    if response.call_id in cancelled:
-                        # the provider session no longer knows the call (tool-call-cancelled
-                        # was published): sending the result would be an error there
-                        log.warning(
-                            "session %s: dropped the late result of cancelled tool call %s",
-                            self.session_id,
-                            response.call_id,
-                        )
-                        continue
-                    responses.append(response)
-                    started = self._tool_calls.pop(response.call_id, None)
-                    if started is not None:
-                        TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
-                    self.conversation.add_tool_result(response.call_id, response.output)
+                responses = self._accepted_tool_responses(entry_id, command)
                 if responses:
                     client.send_tool_response(responses)
             elif isinstance(command, RequestResponseCommand):
@@ -550,6 +646,52 @@ class SessionRunner:
         if self.conversation.changed:
             self._record_updates[StateField.CONVERSATION] = self.conversation.dumps()
         self.runtime.writer.mark(self)
+
+    def _accepted_tool_responses(
+        self, entry_id: str, command: ToolResponseCommand
+    ) -> list[RealtimeToolResponse]:
+        """The results of ``command`` the provider may get: each for a call this session issued
+        and nobody answered yet, within the size limit. Each refused one is an ``error`` event
+        (a provider rejects a result for a call it does not know, and may end the session); a
+        late result for a cancelled call is dropped and logged."""
+        now = time.perf_counter()
+        cancelled = self.conversation.cancelled_calls()
+        # the log is bounded (its oldest items go first); the calls issued on this owner are
+        # also in _tool_calls until answered
+        pending = set(self.conversation.pending_calls()) | set(self._tool_calls)
+        accepted = []
+        for response in command.responses:
+            call_id = response.call_id
+            if call_id in cancelled:
+                # the provider session no longer knows the call (tool-call-cancelled was
+                # published): sending the result would be an error there
+                log.warning(
+                    "session %s: dropped the late result of cancelled tool call %s",
+                    self.session_id,
+                    call_id,
+                )
+                continue
+            if call_id not in pending:
+                self._refuse(
+                    entry_id,
+                    "tool_call",
+                    "unknown_tool_call",
+                    f"tool result for call {call_id[:64]!r} refused: the session has no pending "
+                    "tool call with that id (never issued, or already answered); it was not sent",
+                )
+                continue
+            try:
+                self._limits.check_tool_output(response)
+            except EntryTooLarge as exc:
+                self._refuse(entry_id, "too_large", "entry_too_large", exc)
+                continue
+            pending.discard(call_id)  # a second result for it, even in this command, is refused
+            accepted.append(response)
+            started = self._tool_calls.pop(call_id, None)
+            if started is not None:
+                TOOL_CALL_ROUNDTRIP.labels(self.provider).observe(now - started)
+            self.conversation.add_tool_result(call_id, response.output)
+        return accepted
 
     async def _ping(self, entry_id: str) -> None:
         assert self.client is not None
@@ -685,7 +827,9 @@ class SessionRunner:
         elif name == "reconnecting" and isinstance(payload, ConnectionEvent):
             RECONNECTS.labels(self.provider, reconnect_reason(payload)).inc()
         elif name == "reconnected" and isinstance(payload, ConnectionEvent):
-            if self.phase is Phase.LIVE:  # the provider client's own reconnect
+            if payload.strategy == "failover":
+                self.provider = failover.count_failover(self.provider, payload)
+            elif self.phase is Phase.LIVE:  # the provider client's own reconnect
                 RESUMPTIONS.labels(self.provider, payload.strategy or "replayed").inc()
         elif isinstance(payload, ResponseDoneEvent):
             self._speech_stopped_at = None
@@ -727,7 +871,16 @@ class SessionRunner:
         """Record fields to save with the next lease renewal (the provider's exported state)."""
         if self.phase is not Phase.LIVE:
             return {}
+        self._count_resume_drops()
         return self._save_provider_state(queue=False)
+
+    def _count_resume_drops(self) -> None:
+        """Add what the client's resumption buffer dropped since the last look to the metric."""
+        stats = getattr(self.client, "resume_stats", None)
+        dropped = getattr(stats, "dropped_messages", 0)
+        if isinstance(dropped, int) and dropped > self._resume_drops:
+            RESUME_BUFFER_DROPS.labels(self.provider).inc(dropped - self._resume_drops)
+            self._resume_drops = dropped
 
     def _save_provider_state(self, *, queue: bool = True) -> dict[str, bytes]:
         if self.client is None:
@@ -737,7 +890,12 @@ class SessionRunner:
             return {}  # nothing the export depends on changed: no need to build it
         self._pstate_version = version
         try:
-            state = orjson.dumps(self.client.export_state())
+            exported = dict(self.client.export_state())
+            # a resumption point in the client's own frame count: saved as an input entry id
+            frames = exported.pop("input_frames", None)
+            if self._positions is not None and type(frames) is int:
+                exported["input_after"] = self._positions.entry(frames)
+            state = orjson.dumps(exported)
         except Exception:
             log.exception("session %s: export_state failed", self.session_id)
             return {}

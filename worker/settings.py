@@ -23,9 +23,13 @@ __all__ = [
 ]
 
 #: Default seconds a session lease lives without renewal; a dead owner is replaced after this.
-LEASE_TTL_S = 3.0
-#: Default seconds between lease renewals (well under the TTL, so one slow renewal is survived).
-LEASE_RENEW_S = 1.0
+#: With renewals every LEASE_RENEW_S a takeover starts 1.5-2 s after a SIGKILL, while a worker
+#: whose event loop stalls 1 s (renewals 1.5 s apart) keeps its leases with 0.5 s to spare
+#: (docs/operations.md, "Lease timing").
+LEASE_TTL_S = 2.0
+#: Default seconds between lease renewals (a quarter of the TTL: a stall of up to
+#: TTL - renewal interval = 1.5 s, minus Redis latency, is survived).
+LEASE_RENEW_S = 0.5
 #: Default number of sessions one worker runs at most.
 MAX_SESSIONS = 100
 #: Default event-loop lag (smoothed, seconds) above which a worker takes no new session: 2.5

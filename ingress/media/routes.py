@@ -31,7 +31,6 @@ from websockets.http11 import Request, Response
 
 from protocol import InvalidSessionId, NotConnectedError, RuntimeFailure
 from protocol.keys import validate_session_id
-from redisio.metrics import GATEWAY_REJECTED
 
 from ..media_tokens import (
     MediaClaims,
@@ -40,6 +39,7 @@ from ..media_tokens import (
     mint_media_token,
     verify_media_token,
 )
+from ..refusals import refuse
 from .browser import BrowserLeg
 from .leg import Gateway, MediaLeg
 from .telnyx import TelnyxLeg
@@ -113,7 +113,7 @@ class MediaRouter:
             return await self._mint(connection, request, route)
         kind = route[len(MEDIA_PREFIX) :].rstrip("/")
         if kind not in _LEGS:
-            return self._refuse(
+            return refuse(
                 connection,
                 404,
                 "not_found",
@@ -121,12 +121,12 @@ class MediaRouter:
                 f"{', '.join(MEDIA_PREFIX + k for k in _LEGS)}",
             )
         if self.gateway.draining:
-            return self._refuse(connection, 503, "draining", "gateway is restarting; retry")
+            return refuse(connection, 503, "draining", "gateway is restarting; retry")
         if len(self.gateway.connections) + len(self.legs) >= self.gateway.max_connections:
-            return self._refuse(connection, 503, "full", "gateway is full; retry")
+            return refuse(connection, 503, "full", "gateway is full; retry")
         settings = self.gateway.settings
         if not settings.media_token_secret:
-            return self._refuse(
+            return refuse(
                 connection,
                 503,
                 "unauthorized",
@@ -135,7 +135,7 @@ class MediaRouter:
         try:
             query = parse_qs(parts.query, keep_blank_values=True)
         except ValueError:
-            return self._refuse(connection, 400, "bad_request", "the query is malformed")
+            return refuse(connection, 400, "bad_request", "the query is malformed")
         allowed = {"token", "session"} if kind != "twilio" else set()
         unknown = sorted(set(query) - allowed)
         if unknown:
@@ -144,7 +144,7 @@ class MediaRouter:
                 if kind == "twilio"
                 else ("token and session")
             )
-            return self._refuse(
+            return refuse(
                 connection,
                 400,
                 "bad_request",
@@ -156,7 +156,7 @@ class MediaRouter:
                 self._public_url(request),
                 request.headers.get("X-Twilio-Signature"),
             ):
-                return self._refuse(
+                return refuse(
                     connection,
                     403,
                     "unauthorized",
@@ -172,7 +172,7 @@ class MediaRouter:
         except MediaTokenError as exc:
             log.info("%s leg refused: media token %s", kind, exc.reason)
             status = 503 if exc.reason == "unavailable" else 401
-            return self._refuse(connection, status, "media_token", str(exc))
+            return refuse(connection, status, "media_token", str(exc))
         self._claims[connection] = claims
         return None
 
@@ -195,7 +195,7 @@ class MediaRouter:
         gateway = self.gateway
         raw_sid = route[len(_SESSIONS) : -len(_TOKEN_SUFFIX)]
         if request.method != "POST":
-            response = self._refuse(
+            response = refuse(
                 connection, 405, "bad_request", f"use POST {_SESSIONS}<id>{_TOKEN_SUFFIX}"
             )
             response.headers["Allow"] = "POST"
@@ -211,9 +211,9 @@ class MediaRouter:
                 if token
                 else ("minting needs VOICEGRID_GATEWAY_TOKEN set (the service credential)")
             )
-            return self._refuse(connection, 401 if token else 503, "unauthorized", why)
+            return refuse(connection, 401 if token else 503, "unauthorized", why)
         if not gateway.settings.media_token_secret:
-            return self._refuse(
+            return refuse(
                 connection,
                 503,
                 "unauthorized",
@@ -223,11 +223,11 @@ class MediaRouter:
             session_id = validate_session_id(raw_sid)
             await gateway.session_identity(session_id)
         except InvalidSessionId as exc:
-            return self._refuse(connection, 400, "bad_request", str(exc))
+            return refuse(connection, 400, "bad_request", str(exc))
         except NotConnectedError as exc:
-            return self._refuse(connection, 404, "not_found", str(exc))
+            return refuse(connection, 404, "not_found", str(exc))
         except RuntimeFailure as exc:
-            return self._refuse(connection, 503, "draining", str(exc))
+            return refuse(connection, 503, "draining", str(exc))
         ttl = gateway.settings.media_token_ttl_s
         secret = gateway.settings.media_token_secret
         body = orjson.dumps(
@@ -255,7 +255,7 @@ class MediaRouter:
             self._static = _static_files()
         found = self._static.get(route)
         if found is None:
-            return self._refuse(connection, 404, "not_found", f"no page file {route!r}")
+            return refuse(connection, 404, "not_found", f"no page file {route!r}")
         body, content_type = found
         headers = Headers(
             [
@@ -266,14 +266,6 @@ class MediaRouter:
             ]
         )
         return Response(200, "OK", headers, body)
-
-    @staticmethod
-    def _refuse(connection: ServerConnection, status: int, reason: str, text: str) -> Response:
-        GATEWAY_REJECTED.labels(reason).inc()
-        response = connection.respond(status, text + "\n")
-        if status == 503:
-            response.headers["Retry-After"] = "1"
-        return response
 
     # --- after the upgrade ---------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 All wire decisions live in the translator; this module wires them to the socket machinery of
 :mod:`providers.transport` and adds what is Gemini-specific about the connection: credentials,
-close-code classification, and the proactive switch to a new connection on ``goAway``.
+close-code classification, the proactive switch to a new connection on ``goAway``, and the
+re-send of what a resumed session lacks (:mod:`providers.gemini.resume`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import urllib.parse
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -47,15 +50,17 @@ from providers.transport import (
     require_positive_ints,
 )
 
+from .resume import Resent, ResumeBuffer, ResumeStats
 from .translator import (
     INPUT_SAMPLE_RATE,
     OUTPUT_SAMPLE_RATE,
     GeminiTranslator,
     GoAway,
+    ResumptionPoint,
     SetupComplete,
 )
 
-__all__ = ["CONSTRAINED_URL", "DEFAULT_URL", "GeminiLiveClient"]
+__all__ = ["CONSTRAINED_URL", "DEFAULT_URL", "GeminiLiveClient", "ResumeStats", "is_vertex_url"]
 
 log = logging.getLogger("voicegrid.gemini")
 
@@ -70,6 +75,8 @@ CONSTRAINED_URL = (
     "google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained"
 )
 
+#: What every Vertex AI Live endpoint's path contains (``...aiplatform.v1beta1.LlmBidiService``).
+_VERTEX_SERVICE = "/google.cloud.aiplatform."
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _EPHEMERAL_PREFIX = "auth_tokens/"
 # Words in a 1007/1008 close reason that mean the credentials, not the config, were refused.
@@ -92,7 +99,16 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "go_away_margin_s": 5.0,
     "resume_wait_s": 5.0,
     "max_history": 200,
+    "transparent_resumption": None,
+    "resume_buffer_s": 10.0,
+    "resume_buffer_bytes": 512_000,
+    "resume_margin_s": 0.2,
 }
+
+
+def is_vertex_url(url: str) -> bool:
+    """True for a Vertex AI ``LlmBidiService`` endpoint (any region, version or host)."""
+    return _VERTEX_SERVICE in urllib.parse.urlsplit(url).path
 
 
 class GeminiLiveClient(WebSocketRealtimeClient):
@@ -139,6 +155,17 @@ class GeminiLiveClient(WebSocketRealtimeClient):
       switches anyway (a turn in progress is then cut and reported ``incomplete``).
     - ``max_history`` (200): conversation entries kept to seed a new session when no handle
       can be used.
+    - ``transparent_resumption`` (None: on for a Vertex AI URL, off otherwise): send
+      ``sessionResumption.transparent``, so every handle says which client message its state
+      ends with (``lastConsumedClientMessageIndex``). The Gemini Developer API does not know
+      the field (google-genai refuses it there) and would close the session; only set it
+      ``True`` there if the service gained it.
+    - ``resume_buffer_s`` (10.0), ``resume_buffer_bytes`` (512000), ``resume_margin_s`` (0.2):
+      the resumption buffer (see "What a resume re-sends" below): messages are kept at most
+      ``resume_buffer_s`` after their socket took them and at most ``resume_buffer_bytes`` of
+      wire JSON in all (about 12 s of 16 kHz audio); what the bounds drop is counted in
+      :attr:`resume_stats` and cannot be re-sent. Without an index, a message counts as in a new
+      handle's state once it was sent ``resume_margin_s`` before the handle arrived.
 
     Config mapping: ``instructions`` -> ``systemInstruction``; ``tools`` -> one
     ``functionDeclarations`` list with ``parametersJsonSchema``; ``tool_choice="none"`` declares
@@ -177,6 +204,20 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     auth failures are fatal: ``connect`` raises (``ConfigRejectedError`` /
     ``ProviderAuthError`` with the close code and reason) without retrying, and on a live
     session the client emits ``error`` (recoverable false) and ``closed``.
+
+    What a resume re-sends: a handle restores the session as of the moment the server issued
+    it, so caller audio (and any other message) the old socket took after that moment is not
+    in the resumed state. The client keeps every message a socket took until a handle is known
+    to include it (:mod:`providers.gemini.resume`) and re-sends the rest, in order, first thing
+    on the resumed connection, before the held and the new traffic. With transparent
+    resumption that is exactly the messages after ``lastConsumedClientMessageIndex`` (counted
+    per connection: ``setup`` 0, then every ``realtimeInput``, ``clientContent`` and
+    ``toolResponse``); without it, what was sent since ``resume_margin_s`` before the latest
+    handle arrived, so a message in flight at the snapshot may reach the model twice (at least
+    once). Results for tool calls the resumed session does not know are still dropped. This is
+    the one deliberate exception to the transport's rule that a frame a socket took is never
+    sent again; the transport itself re-sends nothing, so no frame goes out twice through both.
+    A new (``replayed``) session re-sends nothing: the conversation seed stands in for it.
     """
 
     provider = "gemini"
@@ -219,8 +260,14 @@ class GeminiLiveClient(WebSocketRealtimeClient):
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             raise ConfigError("headers must be a mapping of header names to string values")
-        require_positive_ints(opts, "max_buffer_ms", "max_history")
-        for name in ("go_away_margin_s", "resume_wait_s"):
+        require_positive_ints(opts, "max_buffer_ms", "max_history", "resume_buffer_bytes")
+        transparent = opts["transparent_resumption"]
+        if transparent is not None and not isinstance(transparent, bool):
+            raise ConfigError(
+                f"option transparent_resumption={transparent!r} is invalid; expected True, False "
+                "or None (on for Vertex AI)"
+            )
+        for name in ("go_away_margin_s", "resume_wait_s", "resume_buffer_s", "resume_margin_s"):
             value = opts[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"option {name}={value!r} is invalid; expected a number >= 0")
@@ -237,7 +284,23 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         self._extra_headers: dict[str, str] = dict(headers)
         self._go_away_margin_s = float(opts["go_away_margin_s"])
         self._resume_wait_s = float(opts["resume_wait_s"])
-        self._translator = GeminiTranslator(model=model, max_history=opts["max_history"])
+        if transparent is None:
+            transparent = is_vertex_url(self._base_url)
+        self._translator = GeminiTranslator(
+            model=model, max_history=opts["max_history"], transparent=transparent
+        )
+        self._resume = ResumeBuffer(
+            max_age_s=float(opts["resume_buffer_s"]),
+            max_bytes=opts["resume_buffer_bytes"],
+            margin_s=float(opts["resume_margin_s"]),
+        )
+        self._buffering = False  # the setup asked for handles: keep what a resume may lack
+        self._resend: list[Resent] = []  # re-sent first on the resumed connection
+        # caller frames: how many send_audio took, and (wire audio offset, frames) per push
+        self._input_frames = 0
+        self._pushes: deque[tuple[int, int]] = deque()
+        self._frames_taken = 0  # caller frames whose audio every socket-taken message covers
+        self._resume_overflowing = False
         self._connect_config: RealtimeSessionConfig | None = None
         self._resuming = False  # the connection being set up carries a resumption handle
         self._import_handle = False  # connect() resumes an imported handle
@@ -258,6 +321,12 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     def resumption_handle(self) -> str | None:
         """The latest resumable session handle the server issued (None before the first)."""
         return self._translator.handle
+
+    @property
+    def resume_stats(self) -> ResumeStats:
+        """Counters of the resumption buffer (a snapshot): what it holds, what resumes re-sent,
+        and what its bounds dropped (messages a resume could no longer re-send)."""
+        return self._resume.stats
 
     # ------------------------------------------------------------------ RealtimeAudioClient
 
@@ -287,10 +356,13 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         self._require_open("send_audio")
         translator = self._translator
         pcm = translator.input_audio(frame)
+        self._input_frames += 1
         if pcm:
             for marker in translator.activity_start_frames():
                 self._send(marker)
             self._push_audio(pcm)
+            # this frame is complete on the wire once the audio up to here went out
+            self._pushes.append((self._stats.pushed_bytes, self._input_frames))
 
     def send_tool_response(self, responses: list[RealtimeToolResponse]) -> None:
         """Send ``toolResponse.functionResponses`` (``name`` filled from the pending call).
@@ -336,16 +408,25 @@ class GeminiLiveClient(WebSocketRealtimeClient):
     # ------------------------------------------------------------------ takeover state
 
     def export_state(self) -> dict[str, Any]:
-        """``{"handle": <latest resumable handle>}``: enough for another process to resume.
+        """``{"handle": <latest resumable handle>, "input_frames": <n>}``: enough for another
+        process to resume.
 
-        Tool calls pending but issued after the handle (the resumed session will not know
-        them) are listed too, as ``"lost_calls": [<call id>, ...]``.
+        ``input_frames`` is how many of the frames this client's ``send_audio`` took the
+        handle's state includes (exactly with transparent resumption, at least that many
+        without): whoever resumes the session elsewhere re-sends the caller audio after them
+        (the distributed runtime maps it to an input stream entry). Tool calls pending but
+        issued after the handle (the resumed session will not know them) are listed too, as
+        ``"lost_calls": [<call id>, ...]``.
         """
         handle = self._translator.handle
         if not handle:
             return {}
+        state: dict[str, Any] = {"handle": handle}
         lost = self._translator.calls_after_handle
-        return {"handle": handle, "lost_calls": lost} if lost else {"handle": handle}
+        if lost:
+            state["lost_calls"] = lost
+        state["input_frames"] = self._resume.inputs
+        return state
 
     @property
     def state_version(self) -> int:
@@ -356,7 +437,9 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         """Resume an exported session on ``connect`` when ``state`` carries a handle.
 
         The exported ``lost_calls`` are reported as ``tool-call-cancelled`` once ``connect``
-        resolved, and a late result for one of them is dropped and logged, not sent.
+        resolved, and a late result for one of them is dropped and logged, not sent. The caller
+        audio the handle's state lacks (after the exported ``input_frames``) is the importer's to
+        send again: this client never saw it. Its own ``input_frames`` count from 0.
         """
         handle = state.get("handle") if isinstance(state, dict) else None
         if not isinstance(handle, str) or not handle:
@@ -392,6 +475,11 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         # provider_options may remove sessionResumption: what counts is what the setup carries
         resumption = frame["setup"].get("sessionResumption")
         self._resuming = isinstance(resumption, dict) and bool(resumption.get("handle"))
+        # the setup is this connection's message 0; without handles nothing needs keeping
+        self._buffering = isinstance(resumption, dict)
+        self._resume.connection_opened()
+        if not self._buffering:
+            self._resume.clear()
         return [frame]
 
     def _handle_message(self, message: Frame) -> None:
@@ -426,14 +514,31 @@ class GeminiLiveClient(WebSocketRealtimeClient):
         self._apply(self._translator.connection_lost())
 
     def _filter_held(self, frames: list[Frame]) -> list[Frame]:
-        kept, outputs = self._translator.filter_held(frames)
+        if self._resuming:
+            resent: list[Frame] = list(self._resume.resend(self._translator.audio_frame))
+        else:
+            # a new session: the seed stands in for what old sockets took, re-sent or not
+            resent = []
+            self._resume.restart(self._frames_taken)
+            frames = [frame for frame in frames if not isinstance(frame, Resent)]
+        kept_resent, kept, outputs = self._translator.filter_resumed(resent, frames)
         self._apply(outputs)
+        inputs = self._resume.inputs
+        self._resend = []
+        for frame in kept_resent:
+            if not isinstance(frame, Resent):  # rebuilt without a dropped function response
+                frame = Resent(frame, audio=None, inputs=inputs)
+            inputs = frame.inputs
+            self._resend.append(frame)
         return kept
 
     def _after_handshake(self, *, reconnect: bool) -> None:
         self._import_handle = False
         if reconnect:
-            self._send_first(self._translator.restart_frames())
+            resend, self._resend = self._resend, []
+            if resend:
+                log.info("re-sending %d message(s) the resumed Gemini session lacks", len(resend))
+            self._send_first([*self._translator.restart_frames(), *resend])
 
     def _reconnect_strategy(self) -> Strategy:
         return "resumed" if self._resuming else "replayed"
@@ -454,8 +559,34 @@ class GeminiLiveClient(WebSocketRealtimeClient):
             self._handshake_done()
         elif isinstance(signal, GoAway):
             self._on_go_away(signal.time_left_s)
+        elif isinstance(signal, ResumptionPoint):
+            self._resume.handle_issued(signal.consumed_index, time.monotonic())
+            if self._resume_overflowing and not self._resume.stats.buffered_messages:
+                self._resume_overflowing = False
         else:
             super()._on_signal(signal)
+
+    def _frame_taken(self, frame: Frame, audio: bytes | None, size: int) -> None:
+        """Buffer what a socket took until a handle includes it (see the class docstring)."""
+        if audio is not None:
+            # the caller frames this message completes: their audio ends at or before it
+            offset = self._audio_done_bytes
+            pushes = self._pushes
+            while pushes and pushes[0][0] <= offset:
+                self._frames_taken = pushes.popleft()[1]
+        if not self._buffering:
+            return
+        dropped = self._resume.taken(
+            frame=frame, audio=audio, size=size, inputs=self._frames_taken, now=time.monotonic()
+        )
+        if dropped and not self._resume_overflowing:
+            self._resume_overflowing = True
+            log.info(
+                "Gemini resumption buffer full (%g s / %d bytes): dropping its oldest messages; "
+                "a resume before the next handle cannot re-send them",
+                self._resume.max_age_s,
+                self._resume.max_bytes,
+            )
 
     def _on_go_away(self, time_left_s: float) -> None:
         """Plan the switch: now if resumable, else at the first resumable point or the deadline.

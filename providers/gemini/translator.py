@@ -20,7 +20,10 @@ All per-session protocol state lives here, in one place:
 - session resumption: the latest *resumable* handle (a non-resumable update never erases it), and
   which calls were issued after it (a resumed session does not know them, so they are reported
   cancelled and their held results dropped; also when another process resumes the session with
-  an exported handle, see :meth:`GeminiTranslator.restore_handle`);
+  an exported handle, see :meth:`GeminiTranslator.restore_handle`); every resumable update is
+  also a :class:`ResumptionPoint` output carrying its ``lastConsumedClientMessageIndex`` (when
+  the setup asked for ``transparent`` resumption), so the client can tell which of the messages
+  it sent the new handle's state includes;
 - manual turn detection: whether an activity is open in the outgoing stream, so a new connection
   re-opens it before the held audio that belongs to it;
 - the conversation so far as text, to seed a new session when no handle can be used;
@@ -28,13 +31,14 @@ All per-session protocol state lives here, in one place:
 
 Server frames are read in camelCase, the only casing the service sends. Client frames are written
 in camelCase. Outputs of :meth:`GeminiTranslator.receive_message` are :class:`Emit` (a protocol
-event for the client to emit) and two control signals the client acts on: :class:`SetupComplete`
-and :class:`GoAway`. A message that cannot be used raises ``ProviderProtocolError`` as in every
-translator (:mod:`providers.translator`): the transport reports it as a recoverable ``error``
-event ``malformed_frame`` and the session goes on. A message carries several independent parts,
-so the one raised is a :class:`~providers.translator.MalformedFrame` whose ``salvaged`` outputs
-(what the parts before the bad one produced) the client still applies. Only an invalid
-``goAway.timeLeft`` is used anyway (as 0 s) with the ``malformed_frame`` error among its outputs.
+event for the client to emit) and three control signals the client acts on:
+:class:`SetupComplete`, :class:`GoAway` and :class:`ResumptionPoint`. A message that cannot be
+used raises ``ProviderProtocolError`` as in every translator (:mod:`providers.translator`): the
+transport reports it as a recoverable ``error`` event ``malformed_frame`` and the session goes on.
+A message carries several independent parts, so the one raised is a
+:class:`~providers.translator.MalformedFrame` whose ``salvaged`` outputs (what the parts before
+the bad one produced) the client still applies. Only an invalid ``goAway.timeLeft`` is used
+anyway (as 0 s) with the ``malformed_frame`` error among its outputs.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import base64
 import binascii
 import logging
 import re
+import secrets
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -85,6 +90,7 @@ __all__ = [
     "GeminiTranslator",
     "GoAway",
     "Output",
+    "ResumptionPoint",
     "SetupComplete",
     "function_response_payload",
     "parse_duration",
@@ -132,7 +138,20 @@ class GoAway(Signal):
     time_left_s: float
 
 
-Output = Emit | SetupComplete | GoAway
+@dataclass(frozen=True, slots=True)
+class ResumptionPoint(Signal):
+    """The server issued a new resumable handle.
+
+    ``consumed_index`` is its ``lastConsumedClientMessageIndex``: the index, on this connection,
+    of the last client message the handle's state includes (``setup`` is 0, the first message
+    after it 1). None when the server sent none (no ``transparent`` resumption, the Gemini
+    Developer API, or a model that omits it).
+    """
+
+    consumed_index: int | None = None
+
+
+Output = Emit | SetupComplete | GoAway | ResumptionPoint
 
 
 def qualify_model(model: str) -> str:
@@ -160,6 +179,16 @@ def parse_duration(value: object) -> float | None:
     return None
 
 
+def message_index(value: object) -> int | None:
+    """A ``lastConsumedClientMessageIndex``: an int64, which protobuf JSON writes as a string
+    (``"42"``) and some encoders as a number; None when absent or not a valid index."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
 def function_response_payload(response: RealtimeToolResponse) -> dict[str, Any]:
     """The object a ``functionResponse.response`` carries for ``response``.
 
@@ -183,7 +212,9 @@ class GeminiTranslator:
     """Gemini Live wire protocol state for one voice session (see the module docstring).
 
     ``max_history`` bounds the conversation kept for seeding a new session (entries, oldest
-    dropped first), so a long session's memory stays bounded.
+    dropped first), so a long session's memory stays bounded. ``transparent`` asks for
+    transparent resumption (``sessionResumption.transparent``, Vertex AI only): the server then
+    reports with every handle the last client message its state includes.
     """
 
     def __init__(
@@ -192,8 +223,10 @@ class GeminiTranslator:
         model: str,
         config: RealtimeSessionConfig | None = None,
         max_history: int = 200,
+        transparent: bool = False,
     ) -> None:
         self.model = model
+        self.transparent = transparent
         self._config = config or RealtimeSessionConfig()
         self._input: AudioConverter = AudioConverter(self._config.input_audio, _NATIVE_INPUT)
         self._outputs: dict[int, AudioConverter] = {}
@@ -212,6 +245,10 @@ class GeminiTranslator:
         self._call_seq = 0
         # the current model turn
         self._response_seq = 0
+        # Gemini has no response ids (and a call may come without one): ours are unique per
+        # translator, so a session continued by another client or worker never reuses an id
+        # an application already saw for another turn or call
+        self._id_prefix = secrets.token_hex(4)
         self._response_id: str | None = None
         self._interrupted = False
         self._usage: Usage | None = None
@@ -359,9 +396,12 @@ class GeminiTranslator:
             setup["inputAudioTranscription"] = {}
         if cfg.output_transcription:
             setup["outputAudioTranscription"] = {}
-        setup["sessionResumption"] = (
+        resumption: dict[str, Any] = (
             {"handle": self._handle} if resume and self._handle is not None else {}
         )
+        if self.transparent:
+            resumption["transparent"] = True
+        setup["sessionResumption"] = resumption
         # Without compression an audio session ends at ~15 minutes; the sliding window lifts it.
         setup["contextWindowCompression"] = {"slidingWindow": {}}
         overrides = cfg.provider_options.get("setup")
@@ -529,39 +569,64 @@ class GeminiTranslator:
         seed of :meth:`restart_frames` carries them as text. Also notes whether the held audio
         belongs to an open manual activity, so :meth:`restart_frames` re-opens it.
         """
-        kept: list[dict[str, Any]] = []
+        _, kept, outputs = self.filter_resumed([], frames)
+        return kept, outputs
+
+    def filter_resumed(
+        self, resent: list[dict[str, Any]], held: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Output]]:
+        """:meth:`filter_held` over what a resumed connection sends before new input, in order.
+
+        ``resent`` are messages an old socket took that the resumed state lacks (the client
+        re-sends them first); ``held`` are the control frames no socket took. Returns the kept
+        ones of each (a frame is kept as is, or rebuilt without the dropped function responses)
+        and the outputs to apply. Whether the traffic continues an open manual activity is
+        decided on both, in the order they go out.
+        """
+        kept: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         dropped: list[str] = []
         first_marker: str | None = None
-        for frame in frames:
-            realtime = frame.get("realtimeInput")
-            if isinstance(realtime, dict) and first_marker is None:
-                if "activityStart" in realtime:
-                    first_marker = "start"
-                elif "activityEnd" in realtime:
-                    first_marker = "end"
-            tool = frame.get("toolResponse")
-            if isinstance(tool, dict):
-                wanted = []
-                for item in tool.get("functionResponses", []):
-                    if self._replayed or item.get("id") in self._cancelled:
-                        log.warning(
-                            "dropping the held result for tool call %r: the new session does "
-                            "not know that call",
-                            item.get("id"),
-                        )
-                        dropped.append(str(item.get("id")))
-                    else:
-                        wanted.append(item)
-                if not wanted:
-                    continue
-                frame = {"toolResponse": {**tool, "functionResponses": wanted}}
-            kept.append(frame)
+        for part, frames in enumerate((resent, held)):
+            for frame in frames:
+                realtime = frame.get("realtimeInput")
+                if isinstance(realtime, dict) and first_marker is None:
+                    if "activityStart" in realtime:
+                        first_marker = "start"
+                    elif "activityEnd" in realtime:
+                        first_marker = "end"
+                wanted = self._wanted_results(frame, dropped)
+                if wanted is not None:
+                    kept[part].append(wanted)
         self._reopen_activity = self.manual_turns and (
             first_marker == "end" or (first_marker is None and self._activity_open)
         )
         if not dropped or self._replayed:
-            return kept, []
-        return kept, [Emit("tool-call-cancelled", ToolCallCancelledEvent(call_ids=dropped))]
+            return kept[0], kept[1], []
+        cancelled = Emit("tool-call-cancelled", ToolCallCancelledEvent(call_ids=dropped))
+        return kept[0], kept[1], [cancelled]
+
+    def _wanted_results(self, frame: dict[str, Any], dropped: list[str]) -> dict[str, Any] | None:
+        """``frame`` without the function responses the new session cannot take (their ids go
+        to ``dropped``); None when nothing is left of it."""
+        tool = frame.get("toolResponse")
+        if not isinstance(tool, dict):
+            return frame
+        wanted = []
+        for item in tool.get("functionResponses", []):
+            if self._replayed or item.get("id") in self._cancelled:
+                log.warning(
+                    "dropping the held result for tool call %r: the new session does not know "
+                    "that call",
+                    item.get("id"),
+                )
+                dropped.append(str(item.get("id")))
+            else:
+                wanted.append(item)
+        if not wanted:
+            return None
+        if len(wanted) == len(tool.get("functionResponses", [])):
+            return frame
+        return {"toolResponse": {**tool, "functionResponses": wanted}}
 
     def restart_frames(self) -> list[dict[str, Any]]:
         """Frames a reconnected session needs before any held traffic.
@@ -613,7 +678,9 @@ class GeminiTranslator:
             # Read before serverContent: it usually rides on the turnComplete frame.
             self._on_usage(_obj(message["usageMetadata"], "usageMetadata"))
         if "sessionResumptionUpdate" in message:
-            self._on_resumption(_obj(message["sessionResumptionUpdate"], "sessionResumptionUpdate"))
+            self._on_resumption(
+                _obj(message["sessionResumptionUpdate"], "sessionResumptionUpdate"), out
+            )
         if "voiceActivity" in message or "voiceActivityDetectionSignal" in message:
             self._on_voice_activity(message, out)
         if "toolCall" in message:
@@ -647,7 +714,7 @@ class GeminiTranslator:
         total = count("totalTokenCount") or prompt + response
         self._usage = Usage(input_tokens=prompt, output_tokens=response, total_tokens=total)
 
-    def _on_resumption(self, body: dict[str, Any]) -> None:
+    def _on_resumption(self, body: dict[str, Any], out: list[Output]) -> None:
         handle = body.get("newHandle")
         if body.get("resumable") is True and isinstance(handle, str) and handle:
             self._handle = handle
@@ -655,6 +722,7 @@ class GeminiTranslator:
             self._last_update_resumable = True
             # The session state behind this handle includes every call issued so far.
             self._calls_after_handle.clear()
+            out.append(ResumptionPoint(message_index(body.get("lastConsumedClientMessageIndex"))))
         else:
             # Not a resumption point: keep the last good handle, but resuming now loses state.
             self._last_update_resumable = False
@@ -689,7 +757,7 @@ class GeminiTranslator:
             if not isinstance(call_id, str) or not call_id:
                 # Vertex AI may omit ids; the response must still carry one.
                 self._call_seq += 1
-                call_id = f"gemini-call-{self._call_seq}"
+                call_id = f"gemini-call-{self._id_prefix}-{self._call_seq}"
             args = call.get("args") or {}
             if not isinstance(args, dict):
                 raise ProviderProtocolError(
@@ -855,7 +923,7 @@ class GeminiTranslator:
     def _open_turn(self) -> None:
         if self._response_id is None:
             self._response_seq += 1
-            self._response_id = f"gemini-turn-{self._response_seq}"
+            self._response_id = f"gemini-turn-{self._id_prefix}-{self._response_seq}"
             self._interrupted = False
 
     def _finish_turn(self, status: Literal["completed", "cancelled", "incomplete"]) -> list[Output]:

@@ -263,6 +263,7 @@ class BaseSimulator(abc.ABC):
         self._server: Server | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._refusal: HttpRejection | None = None
 
     # ---- front-end hooks -------------------------------------------------------------------
 
@@ -404,8 +405,18 @@ class BaseSimulator(abc.ABC):
 
     # ---- internals -----------------------------------------------------------------------------
 
+    def refuse(self, status: int | None = 503, message: str = "Service unavailable.") -> None:
+        """Refuse every new connection's upgrade with HTTP ``status`` (e.g. 503 for an outage,
+        429 for a rate limit) and an OpenAI/Google-style JSON error body; ``None`` accepts
+        again. Live connections are not touched (``drop`` them to simulate a full outage)."""
+        self._refusal = (
+            None
+            if status is None
+            else HttpRejection(status, {"error": {"code": status, "message": message}})
+        )
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        rejection = self.check_request(request)
+        rejection = self._refusal or self.check_request(request)
         if rejection is None:
             return None
         conn = SimConnection(self, None, request, len(self.rejected), http_status=rejection.status)

@@ -2,7 +2,9 @@
 
 Clients connect exactly as to ``wss://generativelanguage.googleapis.com/ws/google.ai.
 generativelanguage.v1beta.GenerativeService.BidiGenerateContent`` (v1alpha, v1 and the
-``...Constrained`` ephemeral-token method too); only the URL differs. Behaviour follows
+``...Constrained`` ephemeral-token method too), the Gemini Developer API, or to Vertex AI's
+``/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent`` (``v1`` too;
+:attr:`GeminiSimulator.vertex_url`); only the URL differs. Behaviour follows
 ``shared/reference/gemini-live.md``:
 
 - Server frames are **binary** UTF-8 JSON, camelCase; ``setupComplete`` is the first frame.
@@ -32,10 +34,20 @@ generativelanguage.v1beta.GenerativeService.BidiGenerateContent`` (v1alpha, v1 a
   ``toolCallCancellation`` first.
 - Resumption: with ``sessionResumption`` in the setup the server sends
   ``sessionResumptionUpdate`` after ``setupComplete`` and after every finished turn (resumable,
-  a new handle) and ``{resumable: false}`` when a reply or tool call starts. A handle restores
-  the simulated conversation as it was when the handle was issued, on a new socket; an unknown
-  handle closes with 1007; a resume while the session's previous socket is still open closes
-  with **1011** (as the real service does).
+  a new handle), every ``resumption_interval_s`` while nothing is generated and no tool call is
+  pending (when set), and ``{resumable: false}`` when a reply or tool call starts. Handles are
+  only issued at such resumable points. A handle snapshots the session as of the last client
+  message processed: the conversation and the caller audio consumed so far (the client message
+  index counts per connection, ``setup`` 0, every later message 1, 2, ...). Resuming with it on
+  a new socket restores exactly that: whatever the old socket got after the snapshot is not in
+  the resumed session (:meth:`GeminiSimulator.consumed_audio` shows what a session holds).
+  With ``sessionResumption.transparent`` (Vertex AI only) every resumable update carries
+  ``lastConsumedClientMessageIndex`` (a string, as protobuf JSON writes int64). On the
+  Developer API path ``transparent`` closes with **1007** "Invalid JSON payload received.
+  Unknown name "transparent" at 'setup.session_resumption': Cannot find field." (our
+  assumption of the real answer: the field is not in that API's schema and google-genai refuses
+  to send it there). An unknown handle closes with 1007; a resume while the session's previous
+  socket is still open closes with **1011** (as the real service does).
 - ``goAway`` (``timeLeft`` as a Duration string) after ``script.go_away_after_s`` or
   :meth:`GeminiSimulator.go_away`, then a close with 1011 "Deadline expired before operation
   could complete." once ``timeLeft`` has passed; ``drop(code)`` closes with any code.
@@ -67,6 +79,8 @@ import numpy as np
 from websockets.http11 import Request
 from websockets.protocol import State
 
+from protocol.errors import UsageError
+
 from .base import BaseSimulator, HttpRejection, SessionHandler, SimConnection
 from .model import (
     ConversationItem,
@@ -78,7 +92,7 @@ from .model import (
     encoded_chunks,
 )
 
-__all__ = ["GeminiSimulator"]
+__all__ = ["VERTEX_PATH", "GeminiSimulator"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +100,26 @@ _PATH_RE = re.compile(
     r"^/ws/google\.ai\.generativelanguage\.(v1alpha|v1beta|v1)\.GenerativeService\."
     r"BidiGenerateContent(Constrained)?$"
 )
+_VERTEX_PATH_RE = re.compile(
+    r"^/ws/google\.cloud\.aiplatform\.(v1beta1|v1)\.LlmBidiService/BidiGenerateContent$"
+)
 _MODEL_RE = re.compile(
     r"^(models/|(projects/[^/]+/locations/[^/]+/)?publishers/[^/]+/models/)[A-Za-z0-9._\-]+$"
 )
 _RATE_RE = re.compile(r"rate=(\d+)")
+#: The Vertex AI endpoint's path the simulator serves next to the Developer API's.
+VERTEX_PATH = "/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent"
 
 INVALID_ARGUMENT = "Request contains an invalid argument."
 BAD_KEY = "API key not valid. Please pass a valid API key."
 INTERNAL = "Internal error encountered."
 DEADLINE = "Deadline expired before operation could complete."
+#: Our assumption of the Developer API's answer to ``sessionResumption.transparent`` (the
+#: wording of Google's proto3 JSON parser for a field its schema lacks).
+NO_TRANSPARENT = (
+    'Invalid JSON payload received. Unknown name "transparent" at '
+    "'setup.session_resumption': Cannot find field."
+)
 OUTPUT_MIME = "audio/pcm;rate=24000"
 #: Handles kept per session (older ones stop working, bounding memory in long sessions).
 HANDLES_PER_SESSION = 8
@@ -192,6 +217,11 @@ def _obj(value: Any) -> dict[str, Any]:
     return value
 
 
+#: Caller audio in a session's state: (connection, bytes of its input consumed) per connection
+#: it lived on, oldest first (each connection's input counts from its first byte).
+Lineage = tuple[tuple[SimConnection, int], ...]
+
+
 @dataclass
 class _Session:
     """What survives a connection: the conversation behind the handles of one session."""
@@ -199,6 +229,15 @@ class _Session:
     id: str
     handles: deque[str] = field(default_factory=deque)
     conn: SimConnection | None = None
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a handle restores: the session, its model state and the caller audio consumed."""
+
+    session: _Session
+    model: SimulatedModel
+    lineage: Lineage
 
 
 @dataclass
@@ -238,6 +277,13 @@ class _GeminiSession(SessionHandler):
         self.activity_open = False
         self.activity_text: list[str] = []
         self.heard_speech = False
+        #: Vertex AI endpoint (else the Developer API); transparent resumption asked for
+        self.vertex = bool(_VERTEX_PATH_RE.match(conn.path))
+        self.transparent = False
+        #: client messages processed on this connection (setup is message 0)
+        self.message_index = 0
+        #: caller audio of earlier connections in this session's state (from the handle)
+        self.lineage: Lineage = ()
         #: monotonic timestamps for tests (None until it happened)
         self.setup_at: float | None = None
         self.first_audio_at: float | None = None
@@ -247,6 +293,14 @@ class _GeminiSession(SessionHandler):
     @property
     def model(self) -> SimulatedModel:
         return self.conn.model
+
+    @property
+    def consumed_audio(self) -> bytes:
+        """The caller audio this connection's session state holds, in order: what the resumed
+        handle carried, then everything this connection got (empty with ``record=False``)."""
+        parts = [conn.audio_in[:end] for conn, end in self.lineage]
+        parts.append(self.conn.audio_in)
+        return b"".join(parts)
 
     # ---- sending ------------------------------------------------------------------------------
 
@@ -279,6 +333,7 @@ class _GeminiSession(SessionHandler):
                 return
             if kind == "setup":
                 raise _Invalid()  # one setup per connection
+            self.message_index += 1
             body = _obj(message[kind])
             if kind == "realtimeInput":
                 await self._realtime_input(body)
@@ -318,6 +373,15 @@ class _GeminiSession(SessionHandler):
             raise _Invalid()
         for name in ("systemInstruction", "realtimeInputConfig", "sessionResumption"):
             _obj(setup.get(name))
+        resumption = setup.get("sessionResumption")
+        options = _obj(resumption)
+        if "transparent" in options and not self.vertex:
+            raise _Invalid(NO_TRANSPARENT)
+        if set(options) - {"handle", "transparent"} or not isinstance(
+            options.get("transparent", False), bool
+        ):
+            raise _Invalid()
+        self.transparent = options.get("transparent") is True
         tools = setup.get("tools", [])
         if not isinstance(tools, list):
             raise _Invalid()
@@ -325,8 +389,7 @@ class _GeminiSession(SessionHandler):
             for declaration in _obj(tool).get("functionDeclarations", []):
                 if not isinstance(_obj(declaration).get("name"), str):
                     raise _Invalid()
-        resumption = setup.get("sessionResumption")
-        handle = _obj(resumption).get("handle")
+        handle = options.get("handle")
         session = await self._resume(handle) if handle else self.simulator.start_session(self.conn)
         self.session = session
         self.setup = setup
@@ -339,12 +402,14 @@ class _GeminiSession(SessionHandler):
             await self._resumption_update()
         if self.script.go_away_after_s is not None:
             self.conn.spawn(self._scheduled_go_away(self.script.go_away_after_s), "go-away")
+        if resumption is not None and self.simulator.resumption_interval_s:
+            self.conn.spawn(self._periodic_updates(), "resumption-updates")
 
     async def _resume(self, handle: object) -> _Session:
         restored = self.simulator.restore(handle, self.conn)
         if restored is None:
             raise _Invalid()
-        session, model = restored
+        session, model, lineage = restored
         previous = session.conn
         if (
             previous is not None
@@ -355,18 +420,36 @@ class _GeminiSession(SessionHandler):
             # The real service refuses a resume while the session's old socket is open.
             raise _Invalid(INTERNAL, 1011)
         self.conn.model = model
+        self.lineage = lineage
         session.conn = self.conn
         self.simulator.notify()
         return session
 
+    @property
+    def resumable(self) -> bool:
+        """No reply is being generated and no tool call is pending: a handle may be issued."""
+        return self.turn is None and not self.pending_calls
+
     async def _resumption_update(self) -> None:
         if self.setup is None or "sessionResumption" not in self.setup or self.session is None:
             return
-        if self.turn is not None or self.pending_calls:
+        if not self.resumable:
             await self.send({"sessionResumptionUpdate": {"resumable": False}})
             return
-        handle = self.simulator.issue_handle(self.session, self.model)
-        await self.send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+        lineage = (*self.lineage, (self.conn, self.conn.audio_in_bytes))
+        handle = self.simulator.issue_handle(_Snapshot(self.session, self.model, lineage))
+        update: dict[str, Any] = {"newHandle": handle, "resumable": True}
+        if self.transparent:
+            # everything processed so far is in the snapshot; int64 travels as a JSON string
+            update["lastConsumedClientMessageIndex"] = str(self.message_index)
+        await self.send({"sessionResumptionUpdate": update})
+
+    async def _periodic_updates(self) -> None:
+        """A resumable handle every ``resumption_interval_s`` while the session is resumable."""
+        while not self.conn.closed:
+            await asyncio.sleep(self.simulator.resumption_interval_s or 1.0)
+            if self.resumable and self.simulator.resumption_interval_s:
+                await self._resumption_update()
 
     # ---- goAway -------------------------------------------------------------------------------
 
@@ -742,6 +825,9 @@ class GeminiSimulator(BaseSimulator):
     ``validate=True`` checks every frame against ``google.genai.types.LiveServerMessage``
     before sending it (needs the ``google-genai`` package). ``setup_delay_s`` (an addition to
     the pinned API) delays every ``setupComplete``, like the real service's setup latency.
+    ``resumption_interval_s`` (an addition, default None) also issues a resumable handle that
+    often while a session is at a resumable point, not only after setup and turns.
+    :attr:`vertex_url` is the Vertex AI endpoint (transparent resumption allowed).
     """
 
     path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -755,18 +841,28 @@ class GeminiSimulator(BaseSimulator):
         record: bool = True,
         validate: bool = False,
         setup_delay_s: float = 0.0,
+        resumption_interval_s: float | None = None,
     ) -> None:
         super().__init__(script, host=host, port=port, record=record, validate=validate)
         self.setup_delay_s = setup_delay_s
-        self._handles: dict[str, tuple[_Session, SimulatedModel]] = {}
+        self.resumption_interval_s = resumption_interval_s
+        self._handles: dict[str, _Snapshot] = {}
+        self._sessions: dict[str, _Session] = {}
         self._id_prefix = secrets.token_hex(3)
         self._id_counter = 0
 
     # ---- front-end hooks --------------------------------------------------------------------
 
+    @property
+    def vertex_url(self) -> str:
+        """``ws://HOST:PORT/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/...``: the
+        Vertex AI endpoint on the loopback host."""
+        base = self.url.split("/ws/", 1)[0]
+        return f"{base}{VERTEX_PATH}"
+
     def check_request(self, request: Request) -> HttpRejection | None:
         path = urlsplit(request.path).path
-        if not _PATH_RE.match(path):
+        if not _PATH_RE.match(path) and not _VERTEX_PATH_RE.match(path):
             return HttpRejection(
                 404,
                 {"error": {"code": 404, "message": f"Not found: {path}", "status": "NOT_FOUND"}},
@@ -819,12 +915,17 @@ class GeminiSimulator(BaseSimulator):
         return BAD_KEY
 
     def start_session(self, conn: SimConnection) -> _Session:
-        return _Session(id=secrets.token_hex(8), conn=conn)
+        session = _Session(id=secrets.token_hex(8), conn=conn)
+        self._sessions[session.id] = session
+        return session
 
-    def issue_handle(self, session: _Session, model: SimulatedModel) -> str:
-        """A new resumable handle for ``session`` with a snapshot of its model state."""
+    def issue_handle(self, snapshot: _Snapshot) -> str:
+        """A new resumable handle restoring ``snapshot`` (its model state is copied now)."""
         handle = f"sim-handle-{secrets.token_urlsafe(12)}"
-        self._handles[handle] = (session, _snapshot(model, reset_turns=False))
+        session = snapshot.session
+        self._handles[handle] = _Snapshot(
+            session, _snapshot(snapshot.model, reset_turns=False), snapshot.lineage
+        )
         session.handles.append(handle)
         while len(session.handles) > HANDLES_PER_SESSION:
             self._handles.pop(session.handles.popleft(), None)
@@ -832,12 +933,30 @@ class GeminiSimulator(BaseSimulator):
 
     def restore(
         self, handle: object, conn: SimConnection
-    ) -> tuple[_Session, SimulatedModel] | None:
-        """The session and a fresh copy of its model state for ``handle`` (None: unknown)."""
+    ) -> tuple[_Session, SimulatedModel, Lineage] | None:
+        """The session, a fresh copy of its model state and the caller audio in its state for
+        ``handle`` (None: unknown)."""
         if not isinstance(handle, str) or handle not in self._handles:
             return None
-        session, snapshot = self._handles[handle]
-        return session, _snapshot(snapshot, reset_turns=True)
+        snapshot = self._handles[handle]
+        return snapshot.session, _snapshot(snapshot.model, reset_turns=True), snapshot.lineage
+
+    def consumed_audio(self, session_id: str | None = None) -> bytes:
+        """The caller audio in a session's current state (its latest connection's, open or
+        closed): what a resume restored plus what that connection got, in order. The session
+        is the only one when ``session_id`` is None. Empty with ``record=False``."""
+        if session_id is None:
+            if len(self._sessions) != 1:
+                raise UsageError(
+                    f"{len(self._sessions)} sessions: pass one of {sorted(self._sessions)}"
+                )
+            (session,) = self._sessions.values()
+        else:
+            session = self._sessions[session_id]
+        handler = session.conn.session if session.conn is not None else None
+        if not isinstance(handler, _GeminiSession):
+            return b""
+        return handler.consumed_audio
 
     # ---- test API -----------------------------------------------------------------------------
 

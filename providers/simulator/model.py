@@ -181,6 +181,9 @@ class EnergyVAD:
         self.silence_ms = int(silence_ms)
         self._window = sample_rate // 100
         self._energy_threshold = self.threshold_rms**2 * self._window
+        # the window energies are float32; numpy compared them with the threshold rounded to
+        # float32, and so does feed() on plain floats (the same decision, without numpy calls)
+        self._energy_threshold32 = float(np.float32(self._energy_threshold))
         self._pending = _EMPTY
         self._windows = 0  # 10 ms windows consumed
         self.in_speech = False
@@ -201,19 +204,20 @@ class EnergyVAD:
         if not whole:
             return []
         # sum of squares per window against threshold^2 * window: no sqrt, no mean (this runs
-        # for every input frame of every session, so it avoids numpy's slower reductions)
+        # for every input frame of every session, so it avoids numpy's slower reductions, and
+        # compares the few energies as plain floats instead of through more numpy calls)
         frames = samples[: whole * self._window].reshape(whole, self._window).astype(np.float32)
-        energy = np.einsum("ij,ij->i", frames, frames)
-        loud = energy >= self._energy_threshold
+        energies: list[float] = np.einsum("ij,ij->i", frames, frames).tolist()
+        threshold = self._energy_threshold32
         base = self._windows
         self._windows += whole
-        if not self.in_speech and not loud.any():
+        if not self.in_speech and max(energies) < threshold:
             return []
         events: list[VadEvent] = []
         silence_windows = max(1, math.ceil(self.silence_ms / 10))
-        for offset, is_loud in enumerate(loud.tolist()):
+        for offset, energy in enumerate(energies):
             index = base + offset
-            if is_loud:
+            if energy >= threshold:
                 if not self.in_speech:
                     self.in_speech = True
                     events.append(VadEvent("start", index * 10))

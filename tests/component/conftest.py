@@ -45,6 +45,7 @@ from protocol import (
 )
 from protocol.audio import check_frame
 from protocol.keys import Keys
+from protocol.options import OptionRule
 from providers import register_provider
 from worker.runtime import WorkerRuntime, run_worker
 from worker.settings import WorkerSettings
@@ -144,7 +145,9 @@ class FakeProvider(RealtimeAudioClient):
         return "resumed" if state else None
 
 
-register_provider("fake", FakeProvider)
+register_provider(
+    "fake", FakeProvider, caller_options={"tag": OptionRule("text"), "echo": OptionRule("flag")}
+)
 
 
 @pytest.fixture

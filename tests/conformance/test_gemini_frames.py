@@ -50,7 +50,8 @@ async def sim() -> AsyncIterator[GeminiSimulator]:
 
 async def run_scenarios(sim: GeminiSimulator) -> None:
     """Drive one client through setup, audio, tools, cancellation, barge-in, text, goAway,
-    a resumed drop, a config update and a replayed drop; a second one in manual mode."""
+    a resumed drop, a config update and a replayed drop; a second one in manual mode; a third
+    on Vertex AI (transparent resumption) through a drop mid-utterance and a goAway."""
     config = RealtimeSessionConfig(
         instructions="Be brief.",
         voice="Puck",
@@ -115,6 +116,20 @@ async def run_scenarios(sim: GeminiSimulator) -> None:
     await events.wait_count("response-done")
     await manual.disconnect()
 
+    vertex = GeminiLiveClient(model=MODEL, url=sim.vertex_url, backoff_initial_s=0.05)
+    events = Recorder(vertex)
+    await vertex.connect(RealtimeSessionConfig(input_audio=AudioFormat(sample_rate=24000)))
+    for frame in speech(24000):
+        vertex.send_audio(frame)
+    await events.wait_count("response-done")
+    for frame in speech(24000)[:10]:  # the next utterance has begun: the drop cuts it
+        vertex.send_audio(frame)
+    await sim.drop(1011)
+    await events.wait_count("reconnected")
+    await sim.go_away(time_left_s=1.0)
+    await events.wait_count("reconnected", 2)
+    await vertex.disconnect()
+
 
 async def test_every_client_and_server_frame_validates(sim: GeminiSimulator) -> None:
     await run_scenarios(sim)
@@ -131,6 +146,15 @@ async def test_every_client_and_server_frame_validates(sim: GeminiSimulator) -> 
             server.update(frame)
             server.update(frame.get("serverContent", {}))
     assert kinds == {"setup", "realtimeInput", "toolResponse", "clientContent"}
+    vertex = [c for c in sim.connections if c.path.startswith("/ws/google.cloud.aiplatform.")]
+    assert vertex and all(
+        c.received[0]["setup"]["sessionResumption"]["transparent"] is True for c in vertex
+    )
+    assert any(
+        "lastConsumedClientMessageIndex" in f.get("sessionResumptionUpdate", {})
+        for c in vertex
+        for f in c.sent
+    )
     assert realtime == {"audio", "text", "audioStreamEnd", "activityStart", "activityEnd"}
     assert {
         "setupComplete",

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["MAGIC", "frame_numbers", "numbered_frame"]
+__all__ = ["MAGIC", "frame_numbers", "numbered", "numbered_frame"]
 
 MAGIC = 77  # small: a silent frame must stay below the VAD threshold
+
+
+def numbered(seq: int, body: bytes) -> bytes:
+    """A caller frame that carries ``seq`` in front of ``body`` (PCM16 of the frame's length
+    minus 4 bytes)."""
+    return struct.pack("<hh", MAGIC, seq) + body
 
 
 def numbered_frame(seq: int, frame_bytes: int, *, speech: bool) -> bytes:
@@ -22,7 +28,7 @@ def numbered_frame(seq: int, frame_bytes: int, *, speech: bool) -> bytes:
         if speech
         else b"\x00\x00" * samples
     )
-    return struct.pack("<hh", MAGIC, seq) + body
+    return numbered(seq, body)
 
 
 def frame_numbers(audio: bytes, frame_bytes: int) -> list[int]:

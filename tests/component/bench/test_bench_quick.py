@@ -43,7 +43,10 @@ async def test_quick_run_reports_both_setups() -> None:
     _latency(dist["added_in_ms"])
     _latency(dist["added_out_ms"])
 
-    assert base["client_cpu_per_session_s"] > 0
+    # the client's share is the process's CPU minus a separate run of the callers alone: with
+    # three sessions on a busy machine that difference can be noise, so only the whole is > 0
+    assert base["process_cpu_per_session_s"] > 0
+    assert base["client_cpu_per_session_s"] >= 0
     assert dist["worker_cpu_per_session_s"] > 0
     assert dist["worker_rss_idle_bytes"] > 10_000_000
     assert result["ratios"]["worker_cpu_to_client_cpu"] > 0

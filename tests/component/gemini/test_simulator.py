@@ -11,7 +11,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from providers.simulator import SimScript
-from providers.simulator.gemini import GeminiSimulator
+from providers.simulator.gemini import NO_TRANSPARENT, GeminiSimulator
 
 from ...support.timing import scaled
 from .conftest import MODEL, fast_script, tone
@@ -146,3 +146,77 @@ async def test_record_false_keeps_audio_out() -> None:
         conn = sim.connections[0]
         assert conn.audio_in == b"" and conn.audio_in_bytes == len(tone(400)) + 16000
         assert all("realtimeInput" not in f for f in conn.received)
+
+
+def audio_message(pcm: bytes) -> str:
+    data = base64.b64encode(pcm).decode()
+    return json.dumps({"realtimeInput": {"audio": {"data": data, "mimeType": INPUT_MIME}}})
+
+
+INPUT_MIME = "audio/pcm;rate=16000"
+
+
+async def test_the_developer_api_refuses_transparent_resumption(sim: GeminiSimulator) -> None:
+    setup = {"setup": {"model": f"models/{MODEL}", "sessionResumption": {"transparent": True}}}
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(setup))
+        assert await closed_with(ws) == (1007, NO_TRANSPARENT)
+
+
+async def test_vertex_ai_reports_the_last_consumed_message(sim: GeminiSimulator) -> None:
+    """``lastConsumedClientMessageIndex`` counts the client messages of the connection: setup
+    is 0, every later message one more (a string: protobuf JSON's int64)."""
+    sim.resumption_interval_s = 0.02
+    transparent = {"model": f"models/{MODEL}", "sessionResumption": {"transparent": True}}
+    async with websockets.connect(sim.vertex_url) as ws:
+        await ws.send(json.dumps({"setup": transparent}))
+        assert "setupComplete" in await recv_json(ws)
+        update = (await recv_json(ws))["sessionResumptionUpdate"]
+        assert update["lastConsumedClientMessageIndex"] == "0" and update["resumable"]
+        for _ in range(3):  # quiet audio: no turn, so the next periodic handle covers it
+            await ws.send(audio_message(b"\x00\x00" * 320))
+        while (await recv_json(ws))["sessionResumptionUpdate"][
+            "lastConsumedClientMessageIndex"
+        ] != "3":
+            pass
+    assert sim.connections[0].path.startswith("/ws/google.cloud.aiplatform.v1beta1.")
+
+
+async def test_a_resumed_session_lacks_what_came_after_its_handle(sim: GeminiSimulator) -> None:
+    """The simulator's state is that of the handle: caller audio the old socket got after it
+    is not in the resumed session unless the client sends it again."""
+    frames = [bytes([i, 0]) * 320 for i in range(1, 4)]  # quiet: no turn, so no new handle
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(SETUP))
+        await recv_json(ws)
+        handle = (await recv_json(ws))["sessionResumptionUpdate"]["newHandle"]  # covers none
+        for pcm in frames:
+            await ws.send(audio_message(pcm))
+        await sim.wait_for(lambda s: len(s.connections[0].audio_in) == 3 * 640)
+        assert sim.consumed_audio() == b"".join(frames)
+    sim.resumption_interval_s = 0.02
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(resume_with(handle)))
+        await recv_json(ws)
+        assert sim.consumed_audio() == b""  # the three frames are lost to the model
+        await ws.send(audio_message(frames[2]))
+        await sim.wait_for(lambda s: s.consumed_audio() == frames[2])
+        issued = len(handles_issued(sim.connections[1]))
+        await sim.wait_for(lambda s: len(handles_issued(s.connections[1])) > issued)
+        newer = handles_issued(sim.connections[1])[-1]  # after the frame: it covers it
+    async with websockets.connect(sim.url) as ws:
+        await ws.send(json.dumps(resume_with(newer)))
+        await recv_json(ws)
+        assert sim.consumed_audio() == frames[2]
+
+
+def handles_issued(conn: Any) -> list[str]:
+    return [
+        f["sessionResumptionUpdate"]["newHandle"]
+        for f in conn.sent
+        if f.get("sessionResumptionUpdate", {}).get("resumable")
+    ]
+
+
+def resume_with(handle: str) -> dict[str, Any]:
+    return {"setup": {"model": f"models/{MODEL}", "sessionResumption": {"handle": handle}}}

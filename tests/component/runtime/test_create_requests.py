@@ -23,6 +23,7 @@ from protocol.errors import SessionTimeout, UsageError
 from protocol.keys import Keys
 from redisio.jobs import enqueue_session
 
+from ...support.prometheus import registry_value
 from ...support.timing import scaled
 from ..conftest import NAMESPACE
 
@@ -125,6 +126,7 @@ async def test_a_bad_request_is_answered_on_its_output_stream(
 ) -> None:
     await start_worker()
     redis = make_redis()
+    rejected_before = registry_value("voicegrid_create_requests_total", outcome="rejected")
     sid = f"bad-{uuid.uuid4().hex[:8]}"
     request_id = (await redis.xadd(KEYS.create, create_fields(sid, **changes))).decode()
     entries = await read_out(redis, sid, lambda es: any(f.get("e") == b"closed" for _, f in es))
@@ -140,6 +142,9 @@ async def test_a_bad_request_is_answered_on_its_output_stream(
     assert await redis.hget(state, "status") == b"closed"
     assert 0 < await redis.pttl(state) <= 300_000
     assert not fakes  # no provider client was made
+    assert registry_value("voicegrid_create_requests_total", outcome="rejected") == (
+        rejected_before + 1
+    )
 
 
 @pytest.mark.parametrize("sid", ["has space", "x" * 65])

@@ -95,6 +95,9 @@ def test_missing_credentials_raise_at_connect_time_only() -> None:
         {"go_away_margin_s": -1},
         {"bearer_token": ""},
         {"headers": {"a": 1}},
+        {"transparent_resumption": "yes"},
+        {"resume_buffer_bytes": 0},
+        {"resume_margin_s": -0.1},
     ],
 )
 def test_invalid_options_raise(options: dict[str, object]) -> None:
@@ -137,10 +140,30 @@ def test_export_and_import_state() -> None:
     assert client.export_state() == {}
     assert client.import_state({}) is None
     assert client.import_state({"handle": "h-1"}) == "resumed"
-    assert client.export_state() == {"handle": "h-1"}
+    # the imported handle's state holds none of this client's caller frames yet
+    assert client.export_state() == {"handle": "h-1", "input_frames": 0}
     frames = client._handshake_frames(reconnect=False)
     assert frames[0]["setup"]["sessionResumption"] == {"handle": "h-1"}
     assert client._reconnect_strategy() == "resumed"
     other = GeminiLiveClient(model="m", api_key="k")
     assert other.import_state({"handle": "h-1", "lost_calls": ["c1", 7]}) == "resumed"
     assert other._translator.lost_calls_cancelled()[0].payload.call_ids == ["c1"]
+
+
+def test_transparent_resumption_defaults_on_for_vertex_ai_only() -> None:
+    def resumption(client: GeminiLiveClient) -> object:
+        return client._handshake_frames(reconnect=False)[0]["setup"]["sessionResumption"]
+
+    vertex = GeminiLiveClient(model="m", url=VERTEX, bearer_token="t")
+    assert resumption(vertex) == {"transparent": True}
+    assert resumption(GeminiLiveClient(model="m", api_key="k")) == {}  # the Developer API
+    # the caller decides when the default is wrong for an endpoint
+    off = GeminiLiveClient(model="m", url=VERTEX, bearer_token="t", transparent_resumption=False)
+    assert resumption(off) == {}
+    on = GeminiLiveClient(model="m", api_key="k", transparent_resumption=True)
+    assert resumption(on) == {"transparent": True}
+
+
+def test_resume_stats_start_empty() -> None:
+    stats = GeminiLiveClient(model="m", api_key="k").resume_stats
+    assert (stats.buffered_messages, stats.resent_messages, stats.dropped_messages) == (0, 0, 0)

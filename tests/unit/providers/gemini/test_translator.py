@@ -32,8 +32,10 @@ from providers.gemini.translator import (
     GeminiTranslator,
     GoAway,
     Output,
+    ResumptionPoint,
     SetupComplete,
     function_response_payload,
+    message_index,
     parse_duration,
     qualify_model,
 )
@@ -944,3 +946,65 @@ def test_configure_keeps_converters_when_formats_stay() -> None:
     assert tr._input is converter
     tr.configure(tr.config.model_copy(update={"input_audio": AudioFormat(sample_rate=16000)}))
     assert tr._input is not converter and tr.config.instructions == "x"
+
+
+# ----------------------------------------------------------------------- transparent resumption
+
+
+def test_transparent_resumption_is_asked_for_in_every_setup() -> None:
+    tr = GeminiTranslator(model="m", config=native_config(), transparent=True)
+    assert tr.setup_frame(resume=True)["setup"]["sessionResumption"] == {"transparent": True}
+    tr.receive(wire({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}}))
+    assert tr.setup_frame(resume=True)["setup"]["sessionResumption"] == {
+        "handle": "h1",
+        "transparent": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("update", "index"),
+    [
+        ({"lastConsumedClientMessageIndex": "42"}, 42),  # int64: a string in protobuf JSON
+        ({"lastConsumedClientMessageIndex": 7}, 7),
+        ({"lastConsumedClientMessageIndex": "0"}, 0),
+        ({}, None),  # the Developer API, or a model that sends none
+        ({"lastConsumedClientMessageIndex": "x"}, None),
+        ({"lastConsumedClientMessageIndex": -1}, None),
+    ],
+)
+def test_every_resumable_handle_is_a_resumption_point(
+    tr: GeminiTranslator, update: dict[str, Any], index: int | None
+) -> None:
+    body = {"newHandle": "h1", "resumable": True, **update}
+    assert tr.receive(wire({"sessionResumptionUpdate": body})) == [ResumptionPoint(index)]
+    # a non-resumable update is no resumption point, whatever it says
+    assert tr.receive(wire({"sessionResumptionUpdate": {"resumable": False, **update}})) == []
+
+
+def test_message_index() -> None:
+    assert [message_index(v) for v in ("3", 3, True, None, "", "1.5")] == [3, 3] + [None] * 4
+
+
+def test_resent_messages_decide_whether_an_activity_is_reopened() -> None:
+    tr = manual()
+    tr.activity_start_frames()
+    resent = [START, GeminiTranslator.audio_frame(b"\x00\x00")]  # its start is re-sent
+    tr.session_restored(resumed=True)
+    assert tr.filter_resumed(resent, []) == (resent, [], [])
+    assert tr.restart_frames() == []
+    tr.session_restored(resumed=True)
+    audio = [GeminiTranslator.audio_frame(b"\x00\x00")]  # only audio after it: open again
+    assert tr.filter_resumed(audio, []) == (audio, [], [])
+    assert tr.restart_frames() == [START]
+
+
+def test_a_kept_result_is_the_same_frame(tr: GeminiTranslator) -> None:
+    """The transport keeps held frames by identity: one the new session wants is not rebuilt
+    (a rebuilt copy would be dropped)."""
+    tr.receive(wire({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}}))
+    tr.receive(wire({"toolCall": {"functionCalls": [{"id": "a", "name": "f"}]}}))
+    tr.receive(wire({"sessionResumptionUpdate": {"newHandle": "h2", "resumable": True}}))
+    held = tr.tool_response_frames([RealtimeToolResponse(call_id="a", output=1)])
+    tr.session_restored(resumed=True)
+    kept, _ = tr.filter_held(held)
+    assert kept[0] is held[0]

@@ -89,6 +89,29 @@ def test_vad_works_at_telephony_rate() -> None:
     assert events == [VadEvent("start", 0), VadEvent("stop", 800)]
 
 
+@given(
+    amplitudes=st.lists(st.integers(0, 32767), min_size=1, max_size=12),
+    pick=st.integers(0, 11),
+    nudge=st.sampled_from([-1e-3, -1e-9, 0.0, 1e-9, 1e-3]),
+)
+def test_vad_decides_like_a_float32_comparison_at_the_threshold(
+    amplitudes: list[int], pick: int, nudge: float
+) -> None:
+    """feed() compares the float32 window energies as plain floats: each window is speech
+    exactly when numpy's ``energy >= threshold`` (float32) says so, also right at the edge."""
+    rng = np.random.default_rng(len(amplitudes))
+    windows = [(rng.uniform(-1, 1, 240) * a).astype(np.int16) for a in amplitudes]
+    frames = np.stack(windows).astype(np.float32)
+    energy = np.einsum("ij,ij->i", frames, frames)
+    # an RMS threshold that lands on (or a hair beside) one window's energy
+    target = float(energy[pick % len(windows)]) * (1 + nudge)
+    vad = EnergyVAD(RATE, threshold_rms=max(target / 240, 1e-9) ** 0.5, silence_ms=10_000)
+    loud = (energy >= vad._energy_threshold).tolist()
+    expected = [VadEvent("start", loud.index(True) * 10)] if any(loud) else []
+    assert vad.feed(np.concatenate(windows)) == expected
+    assert vad.in_speech == any(loud)
+
+
 def test_vad_rejects_a_rate_it_cannot_window() -> None:
     with pytest.raises(ConfigError, match="sample_rate 44101"):
         EnergyVAD(44101, 500, 300)

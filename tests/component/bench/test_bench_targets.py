@@ -1,0 +1,35 @@
+"""The sweep's pieces that need no Redis: issue 9's targets per load, and ``--sweep`` parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import sweep
+from bench.runtime import Targets
+
+
+@pytest.mark.parametrize(
+    ("sessions", "level", "worker", "distributed", "p99"),
+    [
+        (1, 20, 1.6, 2.0, None),
+        (50, 50, 1.6, 2.0, 15.0),
+        (150, 100, 1.3, 1.5, 15.0),
+        (200, 200, 1.3, 1.5, 30.0),
+        (500, 200, 1.3, 1.5, 30.0),
+    ],
+)
+def test_targets_per_load(
+    sessions: int, level: int, worker: float, distributed: float, p99: float | None
+) -> None:
+    targets = Targets.at(sessions)
+    assert (targets.level, targets.worker_cpu_ratio) == (level, worker)
+    assert (targets.distributed_cpu_ratio, targets.p99_added_ms) == (distributed, p99)
+    assert (targets.redis_cores is not None) == (level == 50)
+    assert (targets.redis_ms_per_session_s is not None) == (level == 200)
+
+
+def test_parse_loads() -> None:
+    assert sweep.parse_loads("200, 20,50") == [20, 50, 200]
+    for bad in ("0", "20,20", "x"):
+        with pytest.raises(ValueError):
+            sweep.parse_loads(bad)

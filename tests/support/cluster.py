@@ -20,11 +20,35 @@ from pathlib import Path
 
 from .timing import scaled
 
-__all__ = ["LocalCluster", "RedisServer", "cluster_port", "have_redis_server"]
+__all__ = [
+    "LocalCluster",
+    "RedisServer",
+    "cluster_port",
+    "have_redis_server",
+    "redis_server_command",
+]
 
 
 def have_redis_server() -> bool:
     return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+
+
+def redis_server_command(port: int, directory: Path, *extra: str) -> list[str]:
+    """``redis-server`` on 127.0.0.1:``port`` without persistence, working in ``directory``."""
+    return [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        *extra,
+    ]
 
 
 def _free(port: int) -> bool:
@@ -52,22 +76,7 @@ class RedisServer:
         self.port = port
         self.log = directory / f"redis-{port}.log"
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-                "--logfile",
-                str(self.log),
-                *extra,
-            ],
+            redis_server_command(port, directory, "--logfile", str(self.log), *extra),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )

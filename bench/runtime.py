@@ -73,8 +73,9 @@ from protocol import (
 )
 from providers import create_client
 from providers.simulator.model import reply_audio_ms
-from redisio.connection import open_redis
 from redisio.settings import redact_url
+
+from . import redis_nodes
 
 __all__ = ["Targets", "run", "run_async"]
 
@@ -621,34 +622,6 @@ async def _redis(logs: Path) -> AsyncIterator[tuple[str, str]]:
         await asyncio.to_thread(server.shutdown)
 
 
-async def _cleanup(redis: Any, namespace: str) -> int:
-    deleted = 0
-    for pattern in (f"{namespace}:*", f"arq:*:{namespace}:*"):
-        batch: list[bytes] = []
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += await redis.delete(*batch)
-                batch = []
-        if batch:
-            deleted += await redis.delete(*batch)
-    return int(deleted)
-
-
-async def _redis_cpu(redis: Any) -> float:
-    info = await redis.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-async def _redis_commands(redis: Any) -> dict[str, tuple[int, int]]:
-    info = await redis.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): (int(stat["calls"]), int(stat["usec"]))
-        for name, stat in info.items()
-        if isinstance(stat, dict)
-    }
-
-
 def _command_rates(before: _Sample, after: _Sample, top: int = 6) -> dict[str, dict[str, float]]:
     """The Redis commands that took the most server time in the window: calls/s, µs/call
     (commands run inside scripts are counted too, and inside the script's own time)."""
@@ -822,7 +795,8 @@ async def _distributed(
         "VOICEGRID_METRICS_PORT": str(metrics_port),
         "VOICEGRID_LOG_LEVEL": "WARNING",
     }
-    redis = open_redis(redis_url, queue=f"{namespace}:queue")
+    # one Redis, or a cluster plus the queue Redis (VOICEGRID_QUEUE_URL): CPU per server
+    stores = redis_nodes.open_bench_stores(redis_url, namespace)
     worker = await _Child.start("worker", _voicegrid("worker"), env, logs)
     try:
         await _wait_ready(worker, metrics_port, STEP_TIMEOUT_S)
@@ -846,6 +820,7 @@ async def _distributed(
         async def sample() -> _Sample:
             worker.check_alive()
             _, text = await _http_get(metrics_port, "/metrics")
+            servers = await redis_nodes.server_cpu(stores)
             return _Sample(
                 t=time.perf_counter(),
                 machine_s=machine_busy_s(),
@@ -853,11 +828,12 @@ async def _distributed(
                     "worker": proc_cpu_s(worker.pid),
                     "bench": proc_cpu_s(me),
                     "simulator": proc_cpu_s(sim_pid),
-                    "redis": await _redis_cpu(redis),
+                    "redis": sum(servers.values()),
+                    **{f"redis@{name}": cpu for name, cpu in servers.items()},
                 },
                 rss={"worker": proc_rss(worker.pid), "bench": proc_rss(me)},
                 metrics=parse_metrics(text),
-                commands=await _redis_commands(redis),
+                commands=await redis_nodes.server_commands(stores),
                 system_s={"worker": proc_cpu_split(worker.pid)[1]},
             )
 
@@ -925,6 +901,11 @@ async def _distributed(
             "driver_cpu_per_session_s": driver_cpu,
             "ingress_cpu_per_session_s": max(process_cpu - driver_cpu, 0.0),
             "redis_cpu_per_session_s": _per_session_s(before, after, "redis", sessions),
+            "redis_cpu_per_server_per_session_s": {
+                name.removeprefix("redis@"): _per_session_s(before, after, name, sessions)
+                for name in after.cpu
+                if name.startswith("redis@")
+            },
             "simulator_cpu_per_session_s": _per_session_s(before, after, "simulator", sessions),
             "worker_rss_idle_bytes": idle_rss,
             "worker_rss_loaded_bytes": after.rss["worker"],
@@ -935,9 +916,9 @@ async def _distributed(
     finally:
         await worker.stop()
         try:
-            await _cleanup(redis, namespace)
+            await redis_nodes.cleanup(stores, namespace)
         finally:
-            await redis.aclose(close_connection_pool=True)
+            await stores.aclose()
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -1133,6 +1114,12 @@ def print_table(result: dict[str, Any]) -> None:
         for name, row in dist["redis_commands"].items()
     )
     print(f"  Redis server time by command: {commands or '-'}")
+    servers = dist.get("redis_cpu_per_server_per_session_s", {})
+    if len(servers) > 1:
+        print(
+            "  Redis CPU ms/session-s per server: "
+            + ", ".join(f"{name} {cpu * 1000:.3f}" for name, cpu in servers.items())
+        )
     print(
         f"  ratios: worker CPU / client CPU {_fmt(ratios['worker_cpu_to_client_cpu'], '.2f')}x, "
         f"(worker+ingress+Redis) / client {_fmt(ratios['distributed_cpu_to_client_cpu'], '.2f')}x"

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 from arq.connections import ArqRedis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, ResponseError
 
 from protocol import (
     ConfigError,
@@ -80,11 +80,12 @@ from protocol.streams import (
     error_from_body,
     now_us,
 )
-from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.cluster import RedisStores, ShardedReader, ShardedWriter, hash_tag, open_stores
+from redisio.connection import REDIS_ERRORS, RETRY_REPLIES, RedisHealth
 from redisio.creation import claim_session
 from redisio.metrics import AUDIO_FRAMES_DROPPED
-from redisio.pumps import PipelineWriter, StreamReader
-from redisio.settings import batch_linger_s, entry_limits, redact_url
+from redisio.pumps import PipelineWriter, ReaderPump, StreamReader
+from redisio.settings import CommonSettings, batch_linger_s, entry_limits, redact_url
 
 __all__ = [
     "ACK_TIMEOUT_S",
@@ -111,6 +112,13 @@ REJECTION_POLL_S = 1.0
 #: data, an older copy restored, closed by someone else without a ``closed`` event) is reported
 #: within about two of these, well inside two lease TTLs.
 SESSION_CHECK_S = 1.0
+#: What the session check takes for "Redis is unreachable", not for "the session is gone" (on
+#: a cluster also a shard failing over, a slot moving, the cluster not reachable at all).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    *REDIS_ERRORS,
+    *RETRY_REPLIES,
+    RedisClusterException,
+)
 #: The ``error`` code (and ``closed`` reason) of a session that is gone without its worker
 #: saying so (docs/streams.md, "When the session is gone").
 SESSION_LOST = "session_lost"
@@ -133,15 +141,32 @@ return status
 class IngressHub:
     """One coalescing writer and one multiplexed reader shared by a process's clients."""
 
-    def __init__(self, redis: ArqRedis, keys: Keys, *, owns_redis: bool) -> None:
-        self.redis = redis
-        self.keys = keys
+    def __init__(self, stores: RedisStores, *, owns_redis: bool) -> None:
+        self.stores = stores
+        #: the session keys' Redis; ``queue``: the create stream's (the same unless a cluster)
+        self.redis = redis = stores.sessions
+        self.queue = stores.queue
+        self.keys = keys = stores.keys
         self._owns_redis = owns_redis
         # the same multiplexed reader the worker uses for its input streams, over output streams
         # both pumps linger VOICEGRID_BATCH_LINGER_MS (default 5 ms), as a worker's do
         linger = batch_linger_s()
-        self._reader = StreamReader(redis, keys, RedisHealth(), count=500, linger_s=linger)
-        self._writer = IngressWriter(redis, self._reader.health, linger_s=linger)
+        health = RedisHealth()
+        self._reader: ReaderPump
+        self._writer: IngressWriter | ShardedWriter[RedisRealtimeClient]
+        if stores.cluster is None:
+            self._reader = StreamReader(redis, keys, health, count=500, linger_s=linger)
+            self._writer = IngressWriter(redis, health, linger_s=linger)
+        else:
+            # one pump per bucket, one round trip per node (redisio.cluster)
+            self._reader = ShardedReader(stores, health, count=500, linger_s=linger)
+            self._writer = ShardedWriter(
+                stores,
+                lambda pipe: IngressWriter(redis, health, linger_s=0.0, conn=pipe),
+                lambda client: hash_tag(client._keys_input),
+                linger_s=linger,
+            )
+        self.health = health
         self._tasks: list[asyncio.Task[None]] = []
         self._users = 0
         self._clients: dict[str, RedisRealtimeClient] = {}  # output stream -> its follower
@@ -172,7 +197,7 @@ class IngressHub:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_redis:
             with contextlib.suppress(Exception):
-                await self.redis.aclose(close_connection_pool=True)
+                await self.stores.aclose()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -205,8 +230,10 @@ class IngressHub:
                         assert client._keys is not None
                         pipe.hmget(client._keys.state, [StateField.STATUS, StateField.EPOCH])
                     replies = await pipe.execute()
-            except REDIS_ERRORS:
-                continue  # unreachable is not gone: the next check after Redis is back decides
+            except _UNAVAILABLE:
+                # unreachable (or a cluster shard failing over) is not gone: the next check
+                # after Redis is back decides
+                continue
             for client, (status, epoch) in zip(clients, replies, strict=True):
                 client._check_record(status, epoch)
 
@@ -281,11 +308,17 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
         replies: list[Any],
         done: float,
     ) -> list[tuple[RedisRealtimeClient, list[_Pending]]]:
+        retry: list[tuple[RedisRealtimeClient, list[_Pending]]] = []
         at = 0
         for source, batch in work:
             answers = replies[at : at + len(batch)]
             at += len(batch)
             for index, ((_fields, future), reply) in enumerate(zip(batch, answers, strict=True)):
+                if isinstance(reply, RETRY_REPLIES):
+                    # not written (a cluster slot moving or failing over): this entry and the
+                    # ones after it go again, in order
+                    retry.append((source, batch[index:]))
+                    break
                 if reply is None:
                     # no input stream: every entry from here on was refused too; they wait
                     # (in order) until the stream is created or the session is known gone
@@ -297,7 +330,7 @@ class IngressWriter(PipelineWriter["RedisRealtimeClient", "list[_Pending]"]):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply.decode() if isinstance(reply, bytes) else reply)
-        return []
+        return retry
 
 
 _HUBS: dict[tuple[int, int | str, str], IngressHub] = {}
@@ -313,15 +346,23 @@ def _hub_key(hub: IngressHub) -> tuple[int, int | str, str]:
     return (0, 0, "")
 
 
-def _get_hub(redis_url: str, redis: ArqRedis | None, namespace: str) -> IngressHub:
+def _get_hub(
+    settings: CommonSettings, redis: ArqRedis | None, stores: RedisStores | None
+) -> IngressHub:
     loop = asyncio.get_running_loop()
-    key = (id(loop), id(redis) if redis is not None else redis_url, namespace)
+    given = stores if stores is not None else redis
+    where = f"{settings.redis_url} {settings.queue_url} {settings.cluster_buckets}"
+    key = (id(loop), id(given) if given is not None else where, settings.namespace)
     hub = _HUBS.get(key)
     if hub is not None and _HUB_LOOPS.get(id(loop)) is loop:
         return hub
-    keys = Keys(namespace)
-    client = redis if redis is not None else open_redis(redis_url, queue=keys.queue)
-    hub = IngressHub(client, keys, owns_redis=redis is None)
+    if stores is None:
+        stores = (
+            RedisStores.single(redis, Keys(settings.namespace))
+            if redis is not None
+            else open_stores(settings)
+        )
+    hub = IngressHub(stores, owns_redis=given is None)
     _HUBS[key] = hub
     _HUB_LOOPS[id(loop)] = loop
     return hub
@@ -335,12 +376,15 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     ``RedisRealtimeClient(redis_url, *, provider, model, session_id=None, **options)``:
     ``options`` go to the provider client on the worker (``providers.create_client``), except
-    credentials and endpoints, which are the worker's configuration. Four keyword options are
+    credentials and endpoints, which are the worker's configuration. These keyword options are
     the ingress's own: ``namespace`` (key prefix; default ``VOICEGRID_NAMESPACE`` or
     ``voicegrid``), ``connect_timeout_s`` (default 30), ``redis`` (an ``arq``/``redis.asyncio``
-    client to use instead of opening ``redis_url``) and ``limits`` (the size limits of audio,
-    commands and tool outputs; default from ``VOICEGRID_MAX_*``, see docs/streams.md): an
-    entry over them raises ``EntryTooLarge`` and is not sent.
+    client to use instead of opening ``redis_url``), ``queue_url`` (the Redis of the create
+    stream; default ``VOICEGRID_QUEUE_URL``, else ``redis_url``; required when ``redis_url`` is a
+    ``redis+cluster://`` URL), ``stores`` (open ``redisio.cluster.RedisStores`` to share) and
+    ``limits`` (the size limits of audio, commands and tool outputs; default from
+    ``VOICEGRID_MAX_*``, see docs/streams.md): an entry over them raises ``EntryTooLarge`` and is
+    not sent.
 
     ``capabilities`` are the provider client's, as reported by the worker once connected (or
     attached); before that they are the defaults.
@@ -356,6 +400,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
         namespace: str | None = None,
         connect_timeout_s: float = 30.0,
         redis: ArqRedis | None = None,
+        queue_url: str | None = None,
+        stores: RedisStores | None = None,
         limits: EntryLimits | None = None,
         **options: Any,
     ) -> None:
@@ -373,8 +419,10 @@ class RedisRealtimeClient(RealtimeAudioClient):
             raise ConfigError(f"connect_timeout_s must be positive, got {connect_timeout_s!r}")
         self.redis_url = redis_url
         self._redis = redis
+        self._stores = stores
         self._namespace = namespace or os.environ.get("VOICEGRID_NAMESPACE", DEFAULT_NAMESPACE)
-        self._keys_layout = Keys(self._namespace)
+        self._redis_settings = _redis_settings(redis_url, queue_url, self._namespace, redis, stores)
+        self._keys_layout = stores.keys if stores is not None else self._redis_settings.key_layout()
         self._session_id = validate_session_id(session_id) if session_id is not None else None
         self._options = options
         self._connect_timeout_s = connect_timeout_s
@@ -488,7 +536,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     f"session {keys.session_id!r} already exists; use attach() to join it or "
                     "pick another session_id"
                 )
-            entry_id = await hub.redis.xadd(
+            entry_id = await hub.queue.xadd(
                 self._keys_layout.create,
                 request,  # type: ignore[arg-type]
                 maxlen=CREATE_MAXLEN,
@@ -514,7 +562,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(ack), min(REJECTION_POLL_S, remaining))
             with contextlib.suppress(*REDIS_ERRORS):
-                rejected = await hub.redis.xrange(
+                rejected = await hub.queue.xrange(
                     self._keys_layout.create_rejected, min=request_id, count=100
                 )
                 for _, fields in rejected:
@@ -546,8 +594,8 @@ class RedisRealtimeClient(RealtimeAudioClient):
                         pipe.hset(keys.state, StateField.STATUS, "closed")
                         for key in (keys.state, keys.input, keys.output):
                             pipe.pexpire(key, CLOSED_TTL_S * 1000)
-                        pipe.zrem(self._keys_layout.live, keys.session_id)
                         await pipe.execute()
+                    await hub.queue.zrem(self._keys_layout.live, keys.session_id)
         self._lifecycle.to(SessionState.CLOSED)
         await self._close_hub()
 
@@ -817,7 +865,7 @@ class RedisRealtimeClient(RealtimeAudioClient):
 
     def _open_hub(self) -> IngressHub:
         if self._hub is None:
-            self._hub = _get_hub(self.redis_url, self._redis, self._namespace)
+            self._hub = _get_hub(self._redis_settings, self._redis, self._stores)
             self._hub.acquire()
         return self._hub
 
@@ -973,6 +1021,30 @@ class RedisRealtimeClient(RealtimeAudioClient):
                     self._finishing = asyncio.get_running_loop().create_task(self._close_hub())
                 return
             self.emit(entry.name, entry.payload)
+
+
+def _redis_settings(
+    redis_url: str,
+    queue_url: str | None,
+    namespace: str,
+    redis: ArqRedis | None,
+    stores: RedisStores | None,
+) -> CommonSettings:
+    """Where a client's keys live: ``redis_url`` and ``queue_url`` (default
+    ``VOICEGRID_QUEUE_URL``), validated as a worker validates them (``ConfigError`` naming the
+    value); a client injected with ``redis`` or ``stores`` uses those as they are."""
+    if redis is not None or stores is not None:
+        return CommonSettings(redis_url=redis_url, namespace=namespace)
+    env = {
+        "REDIS_URL": redis_url,
+        "VOICEGRID_NAMESPACE": namespace,
+        "VOICEGRID_QUEUE_URL": os.environ.get("VOICEGRID_QUEUE_URL", "")
+        if queue_url is None
+        else queue_url,
+    }
+    if "VOICEGRID_CLUSTER_BUCKETS" in os.environ:
+        env["VOICEGRID_CLUSTER_BUCKETS"] = os.environ["VOICEGRID_CLUSTER_BUCKETS"]
+    return CommonSettings(**CommonSettings.redis_from_env(env))
 
 
 def _redis_failure(exc: BaseException, url: str) -> VoicegridError:

@@ -49,6 +49,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -72,11 +73,12 @@ from protocol import (
     parse_update,
 )
 from protocol.events import EVENT_NAMES
-from protocol.keys import Keys, validate_session_id
+from protocol.keys import validate_session_id
 from protocol.streams import decode_record, entry_id_key
 from providers import check_options
 from providers.transport import NoDebugLogger
-from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.cluster import check_stores, open_stores
+from redisio.connection import REDIS_ERRORS, RedisHealth
 from redisio.http import HealthServer
 from redisio.metrics import GATEWAY_CONNECTIONS, GATEWAY_FRAMES, GATEWAY_REJECTED
 
@@ -623,7 +625,7 @@ class CallerConnection:
                 model=message.model,
                 session_id=message.session_id,
                 namespace=gateway.settings.namespace,
-                redis=gateway.redis,
+                stores=gateway.stores,
                 connect_timeout_s=gateway.connect_timeout_s,
                 **message.options,
             )
@@ -660,7 +662,7 @@ class CallerConnection:
                 provider=provider,
                 model=model,
                 namespace=gateway.settings.namespace,
-                redis=gateway.redis,
+                stores=gateway.stores,
             )
             self._subscribe(client)
             self.client = client
@@ -897,8 +899,10 @@ class Gateway:
         self.outbound_budget_bytes = outbound_budget_bytes
         self.start_timeout_s = start_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.keys = Keys(settings.namespace)
-        self.redis = redis or open_redis(settings.redis_url, queue=self.keys.queue)
+        # the session keys' Redis (a cluster, or the one Redis) and the queue's (redisio.cluster)
+        self.stores = open_stores(settings, redis)
+        self.keys = self.stores.keys
+        self.redis = self.stores.sessions
         self._own_redis = redis is None
         self._token = settings.gateway_token.encode()
         self.health = RedisHealth()
@@ -915,7 +919,11 @@ class Gateway:
     # --- start and stop ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen for callers and serve the probes."""
+        """Listen for callers and serve the probes (a URL that names the wrong kind of Redis
+        raises ``ConfigError``)."""
+        if self._own_redis:
+            with contextlib.suppress(*REDIS_ERRORS):  # unreachable now: /readyz reports it
+                await check_stores(self.stores, self.settings)
         self._server = await serve(
             self._serve,
             self.host,
@@ -983,7 +991,7 @@ class Gateway:
         if self.http is not None:
             await self.http.stop()
         if self._own_redis:
-            await self.redis.aclose(close_connection_pool=True)
+            await self.stores.aclose()
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -1076,7 +1084,10 @@ class Gateway:
     async def _probe_redis(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.redis.ping(), 2.0)
+                await asyncio.wait_for(self.stores.queue.ping(), 2.0)
+                if self.stores.cluster is not None:
+                    # every primary answers (the cluster client's sockets time out on their own)
+                    await self.stores.cluster.ping(target_nodes=RedisCluster.PRIMARIES)
             except TimeoutError as exc:
                 self.health.failed(exc)
             except REDIS_ERRORS as exc:

@@ -30,7 +30,7 @@ import secrets
 import time
 
 import orjson
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from protocol import InvalidSessionId, UsageError
 from protocol.keys import Keys, validate_session_id
@@ -157,7 +157,7 @@ def verify_media_token(
 
 
 async def consume_media_token(
-    redis: ArqRedis, keys: Keys, claims: MediaClaims, *, now: float | None = None
+    redis: Redis, keys: Keys, claims: MediaClaims, *, now: float | None = None
 ) -> None:
     """Mark the token used (``SET NX``, expiring with it); raise :class:`MediaTokenError`
     (``used``) if some leg used it already, (``unavailable``) if Redis does not answer."""

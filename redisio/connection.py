@@ -6,23 +6,40 @@
   writer's pipelined rounds).
 - :class:`RedisHealth`: when Redis last answered (``/readyz``).
 - :data:`REDIS_ERRORS`: the errors that mean "Redis is unreachable right now" (retried).
+- :data:`RETRY_REPLIES`: error replies that mean "not done, try again" on a Redis Cluster (a slot
+  moving or failing over), so a pump writes that batch again instead of dropping it.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .resp import fast_packing
 
-__all__ = ["REDIS_ERRORS", "Entries", "PumpConnection", "RedisHealth", "open_redis"]
+__all__ = [
+    "REDIS_ERRORS",
+    "RETRY_REPLIES",
+    "Entries",
+    "PipelineLink",
+    "PumpConnection",
+    "RedisHealth",
+    "StreamLink",
+    "open_redis",
+]
 
 #: One stream's entries as Redis returns them: (entry id, {field: value}).
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -48,6 +65,36 @@ def open_redis(url: str, *, queue: str) -> ArqRedis:
 
 #: Errors that mean "Redis is unreachable right now": retried, never fatal to a session.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Error replies of a Redis Cluster that mean the command was not run and may be sent again: a
+#: slot mid-migration (``TRYAGAIN``, or a redirection the pump could not follow) or a shard
+#: failing over (``CLUSTERDOWN``).
+RETRY_REPLIES: tuple[type[BaseException], ...] = (
+    TryAgainError,
+    ClusterDownError,
+    MovedError,
+    AskError,
+)
+
+
+class PipelineLink(Protocol):
+    """What a writer pump sends its rounds through (:class:`PumpConnection`, or a cluster
+    node's shared connection, ``redisio.cluster``)."""
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]: ...
+
+    async def close(self) -> None: ...
+
+
+class StreamLink(Protocol):
+    """What a reader pump reads with (:class:`PumpConnection`, or a cluster bucket's reads)."""
+
+    async def xread(
+        self, streams: dict[bytes, bytes], *, count: int, block_ms: int
+    ) -> list[tuple[bytes, Entries]]: ...
+
+    async def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]: ...
+
+    async def close(self) -> None: ...
 
 
 class RedisHealth:

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from protocol.keys import SessionKeys
 
@@ -222,9 +224,29 @@ class LeaseScripts:
         return int(reply) == 1
 
     async def load(self) -> None:
-        """Load every script into the server's script cache."""
-        for source in self.SOURCES:
-            await self.redis.script_load(source)
+        """Load every script into the server's script cache (on a Redis Cluster: into every
+        primary that answers; one that does not gets them at its next ``NOSCRIPT``, and a
+        failing shard must not fail the callers, the writer and the renewer, for the others).
+        Raises when no server took them."""
+        if not isinstance(self.redis, RedisCluster):
+            for source in self.SOURCES:
+                await self.redis.script_load(source)
+            return
+        try:
+            await self.redis.initialize()
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+        loaded = 0
+        failure: BaseException | None = None
+        for node in self.redis.get_primaries():
+            try:
+                for source in self.SOURCES:
+                    await self.redis.execute_command("SCRIPT LOAD", source, target_nodes=node)
+                loaded += 1
+            except (RedisError, RedisClusterException, OSError) as exc:
+                failure = exc
+        if not loaded:
+            raise RedisConnectionError(f"no cluster primary took the scripts: {failure!r}")
 
     async def acquire(
         self, keys: SessionKeys, *, epoch: int, worker_id: str, ttl_s: float
@@ -252,11 +274,18 @@ class LeaseScripts:
 
         Its reply is 1 (renewed) or 0 (fenced: the lease is no longer this token).
         """
+        pipe.evalsha(*self.renew_command(lease, idle_ttl_s=idle_ttl_s, fields=fields)[1:])
+
+    def renew_command(
+        self, lease: Lease, *, idle_ttl_s: float, fields: dict[str, bytes] | None = None
+    ) -> tuple[Any, ...]:
+        """The fenced renewal of ``lease`` as a raw ``EVALSHA`` command (:meth:`queue_renew`)."""
         keys = lease.keys
         args: list[Any] = [lease.token, int(lease.ttl_s * 1000), int(idle_ttl_s * 1000)]
         for name, value in (fields or {}).items():
             args += [name, value]
-        pipe.evalsha(self.renew_sha, 4, keys.lease, keys.input, keys.output, keys.state, *args)
+        lk = (keys.lease, keys.input, keys.output, keys.state)
+        return ("EVALSHA", self.renew_sha, len(lk), *lk, *args)
 
     def queue_write(
         self,

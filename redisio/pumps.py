@@ -34,15 +34,25 @@ from protocol.backoff import Backoff
 from protocol.keys import Keys
 from protocol.streams import entry_id_key
 
-from .connection import REDIS_ERRORS, Entries, PumpConnection, RedisHealth
+from .connection import (
+    REDIS_ERRORS,
+    RETRY_REPLIES,
+    Entries,
+    PipelineLink,
+    PumpConnection,
+    RedisHealth,
+    StreamLink,
+)
 from .lease import Lease, LeaseScripts, SessionWrite, WriteMode
 from .metrics import PROVIDER_TO_OUTPUT_LATENCY, REDIS_COMMAND_LATENCY
 
 __all__ = [
     "DEFAULT_LINGER_S",
     "WRITE_CHUNK",
+    "OutputPump",
     "OutputWriter",
     "PipelineWriter",
+    "ReaderPump",
     "StreamReader",
     "WriteBatch",
     "WriteSource",
@@ -75,6 +85,9 @@ class StreamReader:
     """One blocking ``XREAD`` over many streams (a worker's input streams, an ingress's output
     streams), each delivered to its consumer; a private wake stream lets ``add`` interrupt it."""
 
+    #: longest wait between two attempts while Redis is unreachable
+    backoff_cap_s = 2.0
+
     def __init__(
         self,
         redis: Redis,
@@ -84,16 +97,19 @@ class StreamReader:
         count: int = 200,
         block_ms: int = 1000,
         linger_s: float = DEFAULT_LINGER_S,
+        wake_key: str | None = None,
+        reads: StreamLink | None = None,
     ) -> None:
         self.redis = redis
         self.health = health
         self.count = count
         self.block_ms = block_ms
         self.linger_s = linger_s
-        self.wake_key = keys.wake(uuid.uuid4().hex)
+        # a cluster bucket's reader (redisio.cluster) brings a wake key in its slot and its reads
+        self.wake_key = wake_key or keys.wake(uuid.uuid4().hex)
         self._wake_cursor = b"0-0"
         self._subs: dict[bytes, _Subscription] = {}
-        self._reads = PumpConnection(redis)
+        self._reads: StreamLink = reads or PumpConnection(redis)
 
     async def add(
         self,
@@ -129,7 +145,7 @@ class StreamReader:
 
     async def run(self) -> None:
         """Read until cancelled."""
-        backoff = Backoff()
+        backoff = Backoff(cap=self.backoff_cap_s)
         # start the wake cursor at a concrete id so a wake-up between two reads is not missed
         await self._wake()
         try:
@@ -223,9 +239,16 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
 
     #: the ``REDIS_COMMAND_LATENCY`` label of this writer's round trips
     latency_label = "write"
+    #: longest wait between two attempts while Redis is unreachable
+    backoff_cap_s = 2.0
 
     def __init__(
-        self, redis: Redis, health: RedisHealth, *, linger_s: float = DEFAULT_LINGER_S
+        self,
+        redis: Redis,
+        health: RedisHealth,
+        *,
+        linger_s: float = DEFAULT_LINGER_S,
+        conn: PipelineLink | None = None,
     ) -> None:
         self.redis = redis
         self.health = health
@@ -234,7 +257,8 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
         self._wakeup = asyncio.Event()
         self._round = asyncio.Condition()
         self._in_flight: set[Source] = set()
-        self._conn = PumpConnection(redis)
+        # a cluster bucket's writer (redisio.cluster) sends through its node's shared connection
+        self._conn: PipelineLink = conn or PumpConnection(redis)
 
     # --- what a subclass says -------------------------------------------------------------------
 
@@ -285,7 +309,7 @@ class PipelineWriter(abc.ABC, Generic[Source, Batch]):
             await self._conn.close()
 
     async def _rounds(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(cap=self.backoff_cap_s)
         clock = asyncio.get_running_loop().time
         started = clock()
         while True:
@@ -389,8 +413,9 @@ class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
         maxlen: int,
         version: bytes,
         linger_s: float = DEFAULT_LINGER_S,
+        conn: PipelineLink | None = None,
     ) -> None:
-        super().__init__(redis, health, linger_s=linger_s)
+        super().__init__(redis, health, linger_s=linger_s, conn=conn)
         self.scripts = scripts
         self.maxlen = maxlen
         self.version = version
@@ -428,6 +453,9 @@ class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
                 await self.scripts.load()  # a restarted or failed-over Redis
                 retry += chunk
                 continue
+            if isinstance(reply, RETRY_REPLIES):
+                retry += chunk  # not run: a cluster slot moving or failing over
+                continue
             if isinstance(reply, BaseException):
                 log.error("output write of %d sessions rejected by Redis: %s", len(chunk), reply)
                 for source, batch in chunk:
@@ -443,6 +471,35 @@ class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
         for queued_at in latencies:
             observe(done - queued_at)
         return retry
+
+
+class ReaderPump(Protocol):
+    """What a session reads through: :class:`StreamReader`, or ``redisio.cluster``'s
+    ``ShardedReader`` (a reader per bucket of a Redis Cluster)."""
+
+    async def add(
+        self,
+        stream: str,
+        *,
+        after: str,
+        consumer: Callable[[Entries], None],
+        on_error: Callable[[ResponseError], None] | None = None,
+    ) -> None: ...
+
+    def remove(self, stream: str) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+class OutputPump(Protocol):
+    """What a worker's session writes through: :class:`OutputWriter`, or ``redisio.cluster``'s
+    ``ShardedWriter`` of them (one per bucket of a Redis Cluster)."""
+
+    def mark(self, source: WriteSource) -> None: ...
+
+    async def flush(self, source: WriteSource, *, within_s: float) -> bool: ...
+
+    async def run(self) -> None: ...
 
 
 class _Commands:

@@ -20,11 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from protocol.errors import ConfigError
-from protocol.keys import validate_namespace
+from protocol.keys import DEFAULT_BUCKETS, MAX_BUCKETS, Keys, validate_namespace
 from protocol.options import OptionRule, parse_caller_options
 from protocol.streams import EntryLimits
 
 __all__ = [
+    "CLUSTER_SCHEMES",
     "COMMON_ENVIRONMENT",
     "DRAIN_TIMEOUT_S",
     "LOG_FORMATS",
@@ -37,6 +38,7 @@ __all__ = [
     "env_float",
     "env_int",
     "format_environment",
+    "is_cluster_url",
     "redact_url",
 ]
 
@@ -46,6 +48,9 @@ DRAIN_TIMEOUT_S = 20.0
 METRICS_PORT = 9464
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+#: ``REDIS_URL`` schemes that mean a Redis Cluster (TCP, TLS).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_NODE_SCHEMES = ("redis", "rediss", "unix")
 
 _LIMITS = EntryLimits()  # the defaults
 
@@ -55,8 +60,22 @@ EnvTable = dict[str, tuple[str, str]]
 COMMON_ENVIRONMENT: EnvTable = {
     "REDIS_URL": (
         "redis://127.0.0.1:6379/0",
-        "Redis for session streams and the arq queue: redis:// or rediss:// (TLS), "
-        "optional user:password@ and /db number",
+        "Redis for session streams (and, unless VOICEGRID_QUEUE_URL is set, the arq queue): "
+        "redis:// or rediss:// (TLS), optional user:password@ and /db number; or a Redis "
+        "Cluster: redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// "
+        "with TLS)",
+    ),
+    "VOICEGRID_QUEUE_URL": (
+        "",
+        "single-node Redis for the arq queue and the keys that span sessions (<ns>:live, "
+        "<ns>:create): redis://, rediss:// or unix://; empty: REDIS_URL. Required when "
+        "REDIS_URL is a cluster",
+    ),
+    "VOICEGRID_CLUSTER_BUCKETS": (
+        str(DEFAULT_BUCKETS),
+        f"with a cluster REDIS_URL: hash-tag buckets sessions are spread over (1..{MAX_BUCKETS}; "
+        "at least the number of primaries). Ingress and workers must agree; change it only "
+        "with no session live",
     ),
     "VOICEGRID_NAMESPACE": (
         "voicegrid",
@@ -99,14 +118,25 @@ COMMON_ENVIRONMENT: EnvTable = {
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    """``url`` with any password replaced by ``***`` (for logs and errors); also a cluster URL
+    with several ``host:port`` and a ``password=`` query parameter."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    query = "&".join(
+        f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+        for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    if netloc == parts.netloc and query == parts.query:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def is_cluster_url(url: str) -> bool:
+    """True when ``url`` names a Redis Cluster (``redis+cluster://``, ``rediss+cluster://``)."""
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
 
 
 def _raw(env: Mapping[str, str], table: EnvTable, name: str) -> str:
@@ -177,6 +207,10 @@ class CommonSettings:
 
     redis_url: str = dataclasses.field(repr=False)
     namespace: str = "voicegrid"
+    #: the single-node Redis of the queue and cross-session keys ("": ``redis_url``)
+    queue_url: str = dataclasses.field(default="", repr=False)
+    #: hash-tag buckets of the session keys on a cluster (unused on a single Redis)
+    cluster_buckets: int = DEFAULT_BUCKETS
     metrics_port: int = METRICS_PORT
     log_level: str = "INFO"
     log_format: str = "text"
@@ -190,16 +224,24 @@ class CommonSettings:
     def redis_url_redacted(self) -> str:
         return redact_url(self.redis_url)
 
+    @property
+    def cluster(self) -> bool:
+        """True when the session streams live on a Redis Cluster."""
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def queue_redis_url(self) -> str:
+        """The Redis of the arq queue and the cross-session keys."""
+        return self.queue_url or self.redis_url
+
+    def key_layout(self) -> Keys:
+        """The key layout of this deployment: bucket tags on a cluster, ``{<sid>}`` otherwise."""
+        return Keys(self.namespace, self.cluster_buckets if self.cluster else 0)
+
     @classmethod
     def common_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
         """The common fields, read and validated; a bad value raises ``ConfigError``."""
         table = COMMON_ENVIRONMENT
-        redis_url = _raw(env, table, "REDIS_URL")
-        if urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
-            raise ConfigError(
-                f"REDIS_URL={redact_url(redis_url)!r} has an unsupported scheme; expected "
-                "redis://host:port/db, rediss:// (TLS) or unix:///path"
-            )
         log_format = _raw(env, table, "VOICEGRID_LOG_FORMAT").lower()
         if log_format not in LOG_FORMATS:
             raise ConfigError(f"VOICEGRID_LOG_FORMAT={log_format!r}; expected text or json")
@@ -209,8 +251,7 @@ class CommonSettings:
                 f"VOICEGRID_LOG_LEVEL={log_level!r}; expected DEBUG, INFO, WARNING or ERROR"
             )
         return {
-            "redis_url": redis_url,
-            "namespace": validate_namespace(_raw(env, table, "VOICEGRID_NAMESPACE")),
+            **cls.redis_from_env(env),
             "metrics_port": env_int(env, table, "VOICEGRID_METRICS_PORT", 0, 65535),
             "log_level": log_level,
             "log_format": log_format,
@@ -218,6 +259,38 @@ class CommonSettings:
             "batch_linger_s": batch_linger_s(env),
             "limits": entry_limits(env),
             "caller_options": parse_caller_options(_raw(env, table, "VOICEGRID_CALLER_OPTIONS")),
+        }
+
+    @classmethod
+    def redis_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        """Where the keys live: ``REDIS_URL``, ``VOICEGRID_QUEUE_URL``,
+        ``VOICEGRID_CLUSTER_BUCKETS`` and ``VOICEGRID_NAMESPACE``, validated."""
+        table = COMMON_ENVIRONMENT
+        redis_url = _raw(env, table, "REDIS_URL")
+        if urlsplit(redis_url).scheme not in _NODE_SCHEMES + CLUSTER_SCHEMES:
+            raise ConfigError(
+                f"REDIS_URL={redact_url(redis_url)!r} has an unsupported scheme; expected "
+                "redis://host:port/db, rediss:// (TLS), unix:///path, or a Redis Cluster: "
+                "redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS)"
+            )
+        queue_url = _raw(env, table, "VOICEGRID_QUEUE_URL")
+        if queue_url and urlsplit(queue_url).scheme not in _NODE_SCHEMES:
+            raise ConfigError(
+                f"VOICEGRID_QUEUE_URL={redact_url(queue_url)!r} is not a single-node Redis URL "
+                "(arq's queue cannot run on a cluster); expected redis://host:port/db, "
+                "rediss:// (TLS) or unix:///path"
+            )
+        if is_cluster_url(redis_url) and not queue_url:
+            raise ConfigError(
+                f"REDIS_URL={redact_url(redis_url)!r} is a Redis Cluster, so "
+                "VOICEGRID_QUEUE_URL must name the single-node Redis of the arq queue and the "
+                "cross-session keys; expected redis://host:port/db (or rediss://)"
+            )
+        return {
+            "redis_url": redis_url,
+            "queue_url": queue_url,
+            "cluster_buckets": env_int(env, table, "VOICEGRID_CLUSTER_BUCKETS", 1, MAX_BUCKETS),
+            "namespace": validate_namespace(_raw(env, table, "VOICEGRID_NAMESPACE")),
         }
 
     @classmethod

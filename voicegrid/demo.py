@@ -348,6 +348,8 @@ async def _distributed(
             WorkerSettings.from_env(env), metrics_port=0, namespace=f"demo-{os.getpid()}"
         )
         where = "embedded Redis" if redis_url.startswith("unix://") else "REDIS_URL"
+        if settings.cluster:
+            where = "a Redis Cluster (REDIS_URL; queue on VOICEGRID_QUEUE_URL)"
         print(f"  runtime: ingress -> {where} -> worker -> {provider}")
         stop = asyncio.Event()
         started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -30,6 +30,7 @@ import time
 from typing import Any, Protocol
 
 from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from protocol.backoff import Backoff
@@ -83,7 +84,8 @@ STALE_CONSUMER_S = 600.0
 class CreateHost(Protocol):
     """What the consumer needs from its worker process (``WorkerRuntime``)."""
 
-    redis: ArqRedis
+    redis: Redis
+    queue: ArqRedis
     keys: Keys
     worker_id: str
     health: RedisHealth
@@ -96,7 +98,10 @@ class CreateConsumer:
 
     def __init__(self, host: CreateHost) -> None:
         self.host = host
-        self.redis = host.redis
+        # the create streams and <ns>:live are on the queue's Redis; session records on the
+        # session store (the same Redis unless REDIS_URL is a cluster)
+        self.redis = host.queue
+        self.sessions = host.redis
         self.keys = host.keys
         self._next_claim = 0.0
         self._next_cleanup = time.monotonic() + random.uniform(0, 60)
@@ -215,7 +220,7 @@ class CreateConsumer:
         )
         keys = self.keys.session(request.session_id)
         outcome, status = await claim_session(
-            self.redis, keys, request_id, encode_record(record), ttl_s=IDLE_TTL_S
+            self.sessions, keys, request_id, encode_record(record), ttl_s=IDLE_TTL_S
         )
         if outcome == "taken":
             await self._taken(request_id, request.session_id)
@@ -277,7 +282,7 @@ class CreateConsumer:
         )
         keys = self.keys.session(sid)
         outcome, _ = await claim_session(
-            self.redis,
+            self.sessions,
             keys,
             request_id,
             encode_record(record),

@@ -46,7 +46,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from protocol.backoff import Backoff
 from protocol.create import RequestRejected, rejection_entries
 from protocol.errors import InvalidSessionId, RuntimeFailure, StreamEntryError
-from protocol.keys import Keys, SessionKeys, validate_session_id
+from protocol.keys import SessionKeys, validate_session_id
 from protocol.streams import (
     CLOSED_TTL_S,
     CONNECT_REF,
@@ -58,7 +58,15 @@ from protocol.streams import (
     StateField,
     decode_record,
 )
-from redisio.connection import REDIS_ERRORS, RedisHealth, open_redis
+from redisio.cluster import (
+    GroupedPipelines,
+    ShardedReader,
+    ShardedWriter,
+    SlotPipe,
+    check_stores,
+    open_stores,
+)
+from redisio.connection import REDIS_ERRORS, RETRY_REPLIES, RedisHealth
 from redisio.http import HealthServer
 from redisio.jobs import JOB_NAME, enqueue_session
 from redisio.lease import Lease, LeaseScripts, SessionWrite
@@ -77,7 +85,7 @@ from redisio.metrics import (
     TAKEOVERS,
     WORKER_DRAINING,
 )
-from redisio.pumps import OutputWriter, StreamReader
+from redisio.pumps import OutputPump, OutputWriter, ReaderPump, StreamReader
 
 from .admission import HEARTBEAT_S, AdmissionGate, LoopLagMeter
 from .creation import CreateConsumer
@@ -108,6 +116,8 @@ REAP_MARGIN_S = 0.02
 #: ``VOICEGRID_DRAIN_TIMEOUT_S`` whatever Redis and the providers do.
 CLOSE_STEP_S = 0.5
 CLOSE_RESERVE_S = 4 * CLOSE_STEP_S
+#: How soon renewals that failed (Redis or one shard unreachable) are tried again.
+RENEW_RETRY_S = 0.1
 
 
 class WorkerRuntime:
@@ -115,24 +125,36 @@ class WorkerRuntime:
 
     def __init__(self, settings: WorkerSettings, *, redis: ArqRedis | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace)
         self.worker_id = settings.worker_id or (
             f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.redis = redis or open_redis(settings.redis_url, queue=self.keys.queue)
+        # the session keys' Redis (a cluster, or the one Redis) and the queue's (redisio.cluster)
+        self.stores = open_stores(settings, redis)
+        self.keys = self.stores.keys
+        self.redis = self.stores.sessions
+        self.queue = self.stores.queue
         self._own_redis = redis is None
         self.health = RedisHealth()
         self.scripts = LeaseScripts(self.redis)
         linger = settings.batch_linger_s
-        self.reader = StreamReader(self.redis, self.keys, self.health, linger_s=linger)
-        self.writer = OutputWriter(
-            self.redis,
-            self.scripts,
-            self.health,
-            maxlen=OUTPUT_MAXLEN,
-            version=str(SCHEMA_VERSION).encode(),
-            linger_s=linger,
-        )
+        self.reader: ReaderPump
+        self.writer: OutputPump
+        if self.stores.cluster is None:
+            self.reader = StreamReader(self.redis, self.keys, self.health, linger_s=linger)
+            self.writer = self._output_writer(linger_s=linger)
+        else:
+            # one pump per bucket, one round trip per node (redisio.cluster)
+            self.reader = ShardedReader(self.stores, self.health, linger_s=linger)
+            self.writer = ShardedWriter(
+                self.stores,
+                lambda pipe: self._output_writer(linger_s=0.0, conn=pipe),
+                lambda source: source.lease.keys.tag,
+                linger_s=linger,
+            )
+        #: the renewer's and the reaper's pipelines: a shard that fails delays only its own
+        #: sessions' renewals and checks
+        self._renewals = GroupedPipelines(self.stores, timeout_s=settings.lease_renew_s)
+        self._reaps = GroupedPipelines(self.stores, timeout_s=settings.lease_renew_s)
         self.sessions: dict[str, SessionRunner] = {}
         self.draining = False
         self.arq: Worker | None = None
@@ -149,6 +171,17 @@ class WorkerRuntime:
         self.creator = CreateConsumer(self)
         self._next_deadline_ms: int | None = None
 
+    def _output_writer(self, *, linger_s: float, conn: SlotPipe | None = None) -> OutputWriter:
+        return OutputWriter(
+            self.redis,
+            self.scripts,
+            self.health,
+            maxlen=OUTPUT_MAXLEN,
+            version=str(SCHEMA_VERSION).encode(),
+            linger_s=linger_s,
+            conn=conn,
+        )
+
     # --- start and stop ------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -156,6 +189,8 @@ class WorkerRuntime:
         backoff = Backoff(first=0.2)
         while True:
             try:
+                if self._own_redis:
+                    await check_stores(self.stores, self.settings)
                 await self.scripts.load()
                 break
             except REDIS_ERRORS as exc:
@@ -228,19 +263,19 @@ class WorkerRuntime:
             if stuck:
                 log.warning("%d tasks wait on Redis; closing its connections", len(stuck))
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        self.redis.connection_pool.disconnect(inuse_connections=True),
-                        CLOSE_STEP_S,
-                    )
+                    await asyncio.wait_for(self.stores.disconnect(), CLOSE_STEP_S)
                 await asyncio.wait(stuck, timeout=CLOSE_STEP_S)
             for task in tasks:  # what they died of was logged; do not report it again at exit
                 if task.done() and not task.cancelled():
                     task.exception()
         if self.http is not None:
             await self.http.stop()
+        for pipelines in (self._renewals, self._reaps):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pipelines.close(), CLOSE_STEP_S)
         if self._own_redis:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.redis.aclose(close_connection_pool=True), CLOSE_STEP_S)
+                await asyncio.wait_for(self.stores.aclose(), CLOSE_STEP_S)
 
     @property
     def ready(self) -> bool:
@@ -330,7 +365,7 @@ class WorkerRuntime:
         if lease is None:
             log.info("job %s not run: lease %s", job_id, why)
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.queue.pipeline(transaction=False) as pipe:
             # out of arq's queue: the lease and the reaper keep this session alive from now on
             pipe.zrem(self.keys.queue, job_id)
             pipe.zadd(self.keys.live, {session_id: self._deadline_ms()})
@@ -338,8 +373,11 @@ class WorkerRuntime:
                 old = self.keys.job_id(session_id, epoch - 1)
                 pipe.delete(job_key_prefix + old, in_progress_key_prefix + old)
                 pipe.delete(retry_key_prefix + old)
-            pipe.hgetall(keys.state)
+            if self.queue is self.redis:
+                pipe.hgetall(keys.state)
             replies = await pipe.execute()
+        if self.queue is not self.redis:  # the record is on the cluster
+            replies.append(await self.redis.hgetall(keys.state))  # type: ignore[misc]
         raw = replies[-1]
         try:
             record = decode_record(raw)
@@ -378,7 +416,7 @@ class WorkerRuntime:
             log.info("session %s epoch %d ended (%s)", session_id, epoch, reason)
         if reason in ("closed", "error"):
             with contextlib.suppress(*REDIS_ERRORS):
-                await self.redis.zrem(self.keys.live, session_id)
+                await self.queue.zrem(self.keys.live, session_id)
 
     async def _close_unstartable(
         self, lease: Lease, raw: dict[bytes, bytes], exc: BaseException
@@ -398,9 +436,9 @@ class WorkerRuntime:
         self.scripts.queue_write(
             pipe, [write], maxlen=OUTPUT_MAXLEN, version=str(SCHEMA_VERSION).encode()
         )
-        pipe.zrem(self.keys.live, keys.session_id)
         with contextlib.suppress(*REDIS_ERRORS):
             await pipe.execute(raise_on_error=False)
+            await self.queue.zrem(self.keys.live, keys.session_id)
 
     def released(self, runner: SessionRunner) -> None:
         """A hand-off's lease release was written: enqueue the next epoch for another worker."""
@@ -414,8 +452,8 @@ class WorkerRuntime:
         backoff = Backoff()
         for _ in range(20):
             try:
-                await enqueue_session(self.redis, self.keys, sid, runner.lease.epoch + 1)
-                await self.redis.zadd(self.keys.live, {sid: int(time.time() * 1000)})
+                await enqueue_session(self.queue, self.keys, sid, runner.lease.epoch + 1)
+                await self.queue.zadd(self.keys.live, {sid: int(time.time() * 1000)})
                 return
             except REDIS_ERRORS:
                 await backoff.wait()
@@ -442,36 +480,64 @@ class WorkerRuntime:
             ]
             if not runners:
                 continue
-            pipe = self.redis.pipeline(transaction=False)
+            # per bucket (hash tag) the fenced renewals of its sessions: one round trip per node
+            groups: dict[str, list[SessionRunner]] = {}
             for runner in runners:
-                self.scripts.queue_renew(
-                    pipe, runner.lease, idle_ttl_s=IDLE_TTL_S, fields=runner.renew_fields()
-                )
-            deadline = self._deadline_ms()
-            pipe.zadd(self.keys.live, {r.session_id: deadline for r in runners})
+                groups.setdefault(runner.lease.keys.tag, []).append(runner)
+            commands = {
+                tag: [
+                    self.scripts.renew_command(
+                        r.lease, idle_ttl_s=IDLE_TTL_S, fields=r.renew_fields()
+                    )
+                    for r in members
+                ]
+                for tag, members in groups.items()
+            }
             sent = time.monotonic()
             started = time.perf_counter()
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except REDIS_ERRORS as exc:
-                self.health.failed(exc)
-                log.warning("lease renewal failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.1)
-                self._renew_now.set()
-                continue
-            REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
-            self.health.ok()
-            for runner, reply in zip(runners, replies, strict=False):
+            results = await self._renewals.execute(commands)
+            failed = [r for r in results.values() if isinstance(r, BaseException)]
+            if len(failed) < len(results):
+                REDIS_COMMAND_LATENCY.labels("lease").observe(time.perf_counter() - started)
+                self.health.ok()
+            if failed:
+                # those sessions renew again shortly (each holds input once its lease is old)
+                self.health.failed(failed[0])
+                log.warning(
+                    "lease renewal of %d of %d buckets failed (%s); retrying",
+                    len(failed),
+                    len(results),
+                    type(failed[0]).__name__,
+                )
+                self._renew_again_soon()
+            renewed: list[SessionRunner] = []
+            for runner, reply in _replies(groups, results):
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    continue  # its node failed: renewed again soon
                 if isinstance(reply, NoScriptError):
-                    await self.scripts.load()
+                    with contextlib.suppress(*REDIS_ERRORS):  # unreachable: the retry reloads
+                        await self.scripts.load()
                     self._renew_now.set()
+                elif isinstance(reply, RETRY_REPLIES):
+                    self._renew_again_soon()  # a slot moving or failing over
                 elif isinstance(reply, ResponseError):
                     log.error("lease renewal rejected: %s", reply)
                 elif int(reply) == 1:
                     runner.lease.renewed(sent)
                     runner.lease_renewed()
+                    renewed.append(runner)
                 else:
                     runner.batch_fenced()
+            if renewed:
+                # only renewed leases move their <ns>:live deadline: a session whose shard is
+                # down must look expired to the reapers once its lease is gone
+                with contextlib.suppress(*REDIS_ERRORS):
+                    deadline = self._deadline_ms()
+                    await self.queue.zadd(self.keys.live, {r.session_id: deadline for r in renewed})
+
+    def _renew_again_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(RENEW_RETRY_S, self._renew_now.set)
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -512,55 +578,82 @@ class WorkerRuntime:
         """One reaper pass; returns how many sessions it re-enqueued."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        expired = await self.redis.zrangebyscore(self.keys.live, "-inf", now_ms, start=0, num=200)
+        expired = await self.queue.zrangebyscore(self.keys.live, "-inf", now_ms, start=0, num=200)
         enqueued = 0
+        # the records and leases of the expired sessions, per bucket: one round trip per node,
+        # and a shard that is down skips only its own sessions (the next pass sees them again)
+        groups: dict[str, list[tuple[bytes, str, SessionKeys]]] = {}
         for raw in expired:
             sid = raw.decode() if isinstance(raw, bytes) else str(raw)
             try:
                 keys = self.keys.session(validate_session_id(sid))
             except InvalidSessionId:
-                await self.redis.zrem(self.keys.live, raw)
+                await self.queue.zrem(self.keys.live, raw)
                 continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.state, ["status", "epoch", StateField.STARTS, StateField.REQUEST])
-                pipe.exists(keys.lease)
-                (status, epoch_raw, starts_raw, request), leased = await pipe.execute()
-            if status is None or status == b"closed":
-                await self.redis.zrem(self.keys.live, raw)
+            groups.setdefault(keys.tag, []).append((raw, sid, keys))
+        fields = ("status", "epoch", StateField.STARTS, StateField.REQUEST)
+        results = await self._reaps.execute(
+            {
+                tag: [
+                    command
+                    for _, _, keys in members
+                    for command in (("HMGET", keys.state, *fields), ("EXISTS", keys.lease))
+                ]
+                for tag, members in groups.items()
+            }
+        )
+        for tag, members in groups.items():
+            replies = results[tag]
+            if isinstance(replies, BaseException):
+                self.health.failed(replies)
                 continue
-            if leased:
-                continue
-            epoch_raw = epoch_raw or b"0"
-            starts = int(starts_raw) if (starts_raw or b"").isdigit() else 0
-            if not epoch_raw.isdigit() or len(epoch_raw) > 18:
-                await self._give_up(
-                    keys, status, epoch_raw, f"its epoch {epoch_raw[:40]!r} is invalid", request
-                )
-                continue
-            if starts >= MAX_START_ATTEMPTS:
-                await self._give_up(
-                    keys,
-                    status,
-                    epoch_raw,
-                    f"{starts} workers took it without getting it going (a worker died on it "
-                    "each time, see the workers' logs)",
-                    request,
-                )
-                continue
-            epoch = int(epoch_raw) + 1
-            if await enqueue_session(self.redis, self.keys, sid, epoch):
-                enqueued += 1
-                log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
-            else:
-                await self._unstick(sid, epoch)
+            for index, (raw, sid, keys) in enumerate(members):
+                state, leased = replies[2 * index], replies[2 * index + 1]
+                if isinstance(state, BaseException) or isinstance(leased, BaseException):
+                    continue  # e.g. its slot is mid-migration: the next pass sees it again
+                enqueued += await self._reap(raw, sid, keys, state, leased)
         # the next lease that will expire (one still in the future: those already past are
         # being taken over, or wait in the queue, and are looked at every interval)
-        upcoming = await self.redis.zrangebyscore(
+        upcoming = await self.queue.zrangebyscore(
             self.keys.live, now_ms + 1, "+inf", start=0, num=1, withscores=True
         )
         self._next_deadline_ms = int(upcoming[0][1]) if upcoming else None
         REDIS_COMMAND_LATENCY.labels("reap").observe(time.perf_counter() - started)
         return enqueued
+
+    async def _reap(
+        self, raw: bytes, sid: str, keys: SessionKeys, state: list[Any], leased: int
+    ) -> int:
+        """Re-enqueue one expired session (1), or drop or close it (0)."""
+        status, epoch_raw, starts_raw, request = state
+        if status is None or status == b"closed":
+            await self.queue.zrem(self.keys.live, raw)
+            return 0
+        if leased:
+            return 0
+        epoch_raw = epoch_raw or b"0"
+        starts = int(starts_raw) if (starts_raw or b"").isdigit() else 0
+        if not epoch_raw.isdigit() or len(epoch_raw) > 18:
+            await self._give_up(
+                keys, status, epoch_raw, f"its epoch {epoch_raw[:40]!r} is invalid", request
+            )
+            return 0
+        if starts >= MAX_START_ATTEMPTS:
+            await self._give_up(
+                keys,
+                status,
+                epoch_raw,
+                f"{starts} workers took it without getting it going (a worker died on it "
+                "each time, see the workers' logs)",
+                request,
+            )
+            return 0
+        epoch = int(epoch_raw) + 1
+        if await enqueue_session(self.queue, self.keys, sid, epoch):
+            log.info("reaper: session %s lease expired; enqueued epoch %d", sid, epoch)
+            return 1
+        await self._unstick(sid, epoch)
+        return 0
 
     async def _give_up(
         self,
@@ -579,20 +672,20 @@ class WorkerRuntime:
         ):
             START_FAILURES.labels("attempts").inc()
             log.error("reaper: %s; closed it", message)
-        await self.redis.zrem(self.keys.live, keys.session_id)
+        await self.queue.zrem(self.keys.live, keys.session_id)
 
     async def _unstick(self, session_id: str, epoch: int) -> None:
         """The job for ``epoch`` exists: if a worker died between taking it and its lease,
         arq would keep it "in progress" for hours; free it so another worker runs it."""
         job_id = self.keys.job_id(session_id, epoch)
         in_progress = in_progress_key_prefix + job_id
-        ttl_ms = await self.redis.pttl(in_progress)
+        ttl_ms = await self.queue.pttl(in_progress)
         if ttl_ms is None or ttl_ms < 0 or self.arq is None:
             return
         age_s = self.arq.in_progress_timeout_s - ttl_ms / 1000
         if age_s > 2 * self.settings.lease_ttl_s:
             log.warning("reaper: job %s stuck in progress for %.1fs; freeing it", job_id, age_s)
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.queue.pipeline(transaction=False) as pipe:
                 pipe.delete(in_progress)
                 pipe.zadd(self.keys.queue, {job_id: int(time.time() * 1000)})
                 await pipe.execute()
@@ -611,6 +704,20 @@ def _unstartable_entries(
     return rejection_entries(ref, rejected, epoch=epoch, closed_reason=code)
 
 
+def _replies(
+    groups: dict[str, list[SessionRunner]], results: dict[str, list[Any] | BaseException]
+) -> list[tuple[SessionRunner, Any]]:
+    """Each runner with the reply to its renewal (or its group's exception)."""
+    pairs: list[tuple[SessionRunner, Any]] = []
+    for tag, members in groups.items():
+        result = results[tag]
+        if isinstance(result, BaseException):
+            pairs += [(runner, result) for runner in members]
+        else:
+            pairs += zip(members, result, strict=True)
+    return pairs
+
+
 async def _session_job(ctx: dict[str, Any], session_id: str, epoch: int) -> None:
     runtime: WorkerRuntime = ctx["voicegrid"]
     await runtime.run_session(session_id, int(epoch), str(ctx["job_id"]))
@@ -621,7 +728,7 @@ def arq_worker(runtime: WorkerRuntime) -> Worker:
     settings = runtime.settings
     return Worker(
         functions=[func(_session_job, name=JOB_NAME, timeout=JOB_TIMEOUT_S, max_tries=1)],
-        redis_pool=runtime.redis,
+        redis_pool=runtime.queue,
         queue_name=runtime.keys.queue,
         max_jobs=settings.max_sessions,
         job_timeout=JOB_TIMEOUT_S,

@@ -93,7 +93,7 @@ from redisio.metrics import (
     START_FAILURES,
     TOOL_CALL_ROUNDTRIP,
 )
-from redisio.pumps import OutputWriter, StreamReader, WriteBatch
+from redisio.pumps import OutputPump, ReaderPump, WriteBatch
 
 from . import failover
 from .conversation import ConversationLog, replay_config
@@ -104,8 +104,8 @@ class SessionHost(Protocol):
     """What a session needs from the worker process that runs it (``WorkerRuntime``)."""
 
     settings: WorkerSettings
-    reader: StreamReader
-    writer: OutputWriter
+    reader: ReaderPump
+    writer: OutputPump
 
     def renew_soon(self) -> None:
         """Renew the leases now (a session just learned something worth saving)."""

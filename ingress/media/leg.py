@@ -22,8 +22,8 @@ from collections.abc import Callable, Sized
 from typing import Any, Protocol
 
 import orjson
-from arq.connections import ArqRedis
 from pydantic import BaseModel
+from redis.asyncio import Redis
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -38,6 +38,7 @@ from protocol import (
 from protocol.audio import AudioConverter
 from protocol.events import EVENT_NAMES
 from protocol.keys import Keys
+from redisio.cluster import RedisStores
 
 from ..client import RedisRealtimeClient
 from ..media_tokens import MediaClaims, MediaTokenError, consume_media_token, verify_media_token
@@ -58,7 +59,8 @@ class Gateway(Protocol):
     """What a media leg uses of ``ingress.gateway.Gateway`` (no import: the gateway imports us)."""
 
     settings: GatewaySettings
-    redis: ArqRedis
+    redis: Redis
+    stores: RedisStores
     keys: Keys
 
     @property
@@ -282,7 +284,7 @@ class MediaLeg:
                 provider=provider,
                 model=model,
                 namespace=gateway.settings.namespace,
-                redis=gateway.redis,
+                stores=gateway.stores,
             )
             for name in sorted(EVENT_NAMES):
                 client.on(name, self._handler(name))  # type: ignore[arg-type]

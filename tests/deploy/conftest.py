@@ -25,7 +25,7 @@ from ..support.timing import scaled
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-OVERLAYS = ("dev", "prod", "keda")
+OVERLAYS = ("dev", "prod", "keda", "cluster")
 RULES_FILE = DEPLOY / "prometheus" / "voicegrid-rules.yml"
 ADAPTER_FILE = DEPLOY / "prometheus" / "prometheus-adapter.yaml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "voicegrid.json"

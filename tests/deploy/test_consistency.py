@@ -192,8 +192,8 @@ def test_services_reach_the_named_container_ports(
 
 
 # dev runs without the Prometheus Operator; keda scales with a ScaledObject instead of an HPA
-OVERLAYS_WITH_SERVICE_MONITOR = frozenset({"prod", "keda"})
-OVERLAYS_WITH_HPA = frozenset({"prod"})
+OVERLAYS_WITH_SERVICE_MONITOR = frozenset({"prod", "keda", "cluster"})
+OVERLAYS_WITH_HPA = frozenset({"prod", "cluster"})
 
 
 def test_service_monitor_scrapes_worker_and_gateway_metrics(
@@ -272,8 +272,8 @@ def test_secrets_are_referenced_never_inlined(
             if var["name"] in SECRET_VARS:
                 assert "value" not in var, f"{var['name']} must come from a secretKeyRef"
                 assert "secretKeyRef" in var["valueFrom"], var
-            if var["name"] == "REDIS_URL" and "value" in var:
-                assert urlsplit(var["value"]).password is None, "REDIS_URL with a password inline"
+            if var["name"] in ("REDIS_URL", "VOICEGRID_QUEUE_URL") and "value" in var:
+                assert urlsplit(var["value"]).password is None, f"{var['name']} with a password"
     text = yaml.safe_dump_all(objects)
     for pattern in CREDENTIAL_PATTERNS:
         assert not re.search(pattern, text), f"something shaped like a credential: {pattern}"
@@ -291,6 +291,24 @@ def test_worker_gets_provider_keys_and_gateway_does_not(
     assert not gateway_env & {"OPENAI_API_KEY", "GEMINI_API_KEY"}
 
 
+def test_cluster_overlay_gives_both_roles_the_queue_url_and_one_bucket_count(
+    rendered: dict[str, list[dict[str, Any]]], find_objects: Find
+) -> None:
+    objects = rendered["cluster"]
+    for deployment in _voicegrid_deployments(objects, find_objects):
+        env = {v["name"]: v for v in _container(deployment).get("env", [])}
+        for name, key in (("REDIS_URL", "url"), ("VOICEGRID_QUEUE_URL", "queue-url")):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == ("voicegrid-redis", key), (name, ref)
+        # ingress and workers must agree on the bucket count: one ConfigMap for both
+        plain = _environment(objects, find_objects, _container(deployment))
+        assert plain.get("VOICEGRID_CLUSTER_BUCKETS") == "24"
+    for overlay in ("dev", "prod", "keda"):
+        for deployment in _voicegrid_deployments(rendered[overlay], find_objects):
+            names = {v["name"] for v in _container(deployment).get("env", [])}
+            assert "VOICEGRID_QUEUE_URL" not in names, f"{overlay}: one Redis, no queue URL"
+
+
 def test_same_image_and_entrypoint_for_both_roles(
     objects: list[dict[str, Any]], find_objects: Find
 ) -> None:
@@ -306,7 +324,7 @@ def test_same_image_and_entrypoint_for_both_roles(
 def test_prod_pins_an_image_tag(
     rendered: dict[str, list[dict[str, Any]]], find_objects: Find
 ) -> None:
-    for overlay in ("prod", "keda"):
+    for overlay in ("prod", "keda", "cluster"):
         for deployment in _voicegrid_deployments(rendered[overlay], find_objects):
             image = _container(deployment)["image"]
             name, _, tag = image.rpartition(":")

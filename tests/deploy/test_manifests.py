@@ -27,7 +27,7 @@ CRD_SCHEMAS = {
 }
 # What each overlay must contain, so that a kustomize patch that deletes or drops an object
 # (or an overlay that stops including one) is caught.
-EXPECTED_KINDS = {
+EXPECTED_KINDS: dict[str, set[str]] = {
     "dev": {
         "Namespace",
         "ServiceAccount",
@@ -62,10 +62,13 @@ EXPECTED_KINDS = {
         "PrometheusRule",
     },
 }
+# cluster: prod with the session streams on a Redis Cluster and the queue on its own Redis
+EXPECTED_KINDS["cluster"] = EXPECTED_KINDS["prod"]
 ABSENT_KINDS = {
     # dev runs without cluster add-ons: no adapter, no Prometheus Operator CRDs.
     "dev": {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ScaledObject"},
     "prod": {"ScaledObject"},
+    "cluster": {"ScaledObject"},
     # KEDA owns its own HPA; a second one on the same Deployment would fight it.
     "keda": {"HorizontalPodAutoscaler"},
 }

@@ -106,23 +106,24 @@ async def namespace(redis_url: str) -> AsyncIterator[str]:
         await redis.aclose()
 
 
+def worker_env(redis_url: str, namespace: str, sim_url: str, **env: str) -> dict[str, str]:
+    """The environment of a ``voicegrid worker`` of a test (``env`` adds or overrides)."""
+    return {
+        "REDIS_URL": redis_url,
+        "VOICEGRID_NAMESPACE": namespace,
+        "VOICEGRID_OPENAI_URL": sim_url,
+        "OPENAI_API_KEY": "sk-integration-test",
+        "VOICEGRID_LOG_LEVEL": "INFO",
+        **env,
+    }
+
+
 @pytest.fixture
 def workers(namespace: str, redis_url: str, tmp_path: Path) -> Any:
     started: list[WorkerProcess] = []
 
     def start(name: str, sim_url: str, **env: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            name,
-            {
-                "REDIS_URL": redis_url,
-                "VOICEGRID_NAMESPACE": namespace,
-                "VOICEGRID_OPENAI_URL": sim_url,
-                "OPENAI_API_KEY": "sk-integration-test",
-                "VOICEGRID_LOG_LEVEL": "INFO",
-                **env,
-            },
-            tmp_path,
-        )
+        worker = WorkerProcess(name, worker_env(redis_url, namespace, sim_url, **env), tmp_path)
         started.append(worker)
         return worker
 

@@ -32,6 +32,7 @@ from protocol import AudioFormat, RealtimeSessionConfig
 from providers.simulator import SimScript
 from providers.simulator.base import BaseSimulator
 
+from ...support.cluster import have_redis_server, redis_server_command
 from ...support.frames import numbered_frame as plain_frame
 from ...support.net import free_port
 from ...support.timing import scaled
@@ -282,21 +283,7 @@ class PrivateRedis:
 
     def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--enable-debug-command",
-                "local",
-            ],
+            redis_server_command(self.port, self.workdir, "--enable-debug-command", "local"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -324,15 +311,9 @@ class PrivateRedis:
 
 @pytest.fixture
 async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    if not _has_redis_server():
+    if not have_redis_server():
         pytest.skip("redis-server is not installed")
     server = PrivateRedis(tmp_path)
     await server.start()
     yield server
     server.kill()
-
-
-def _has_redis_server() -> bool:
-    from shutil import which
-
-    return which("redis-server") is not None and which("redis-cli") is not None

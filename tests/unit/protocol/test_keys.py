@@ -75,3 +75,54 @@ def test_bad_namespaces_are_rejected(bad: str) -> None:
 def test_job_ids_need_a_positive_epoch() -> None:
     with pytest.raises(ConfigError):
         Keys().job_id("abc", 0)
+
+
+@given(st.binary(max_size=40))
+def test_key_slot_is_redis_clusters(key: bytes) -> None:
+    from redis.crc import key_slot as redis_key_slot
+
+    from protocol.keys import key_slot
+
+    assert key_slot(key) == redis_key_slot(key)
+
+
+@given(SAFE)
+def test_cluster_layout_tags_every_key_of_a_session_with_its_bucket(session_id: str) -> None:
+    from protocol.keys import key_slot
+
+    layout = Keys("ns", buckets=24)
+    keys = layout.session(session_id)
+    bucket = layout.bucket_of(session_id)
+    assert bucket == key_slot(session_id) % 24
+    assert keys.tag == layout.bucket_tag(bucket)
+    assert keys.input == f"ns:{{{keys.tag}}}:{session_id}:in"
+    assert {key_slot(k) for k in (*keys.all, keys.media_token("abc"))} == {key_slot(keys.tag)}
+    assert keys.hash_tag == "{" + keys.tag + "}"
+
+
+def test_bucket_tags_spread_evenly_over_evenly_split_slots() -> None:
+    from protocol.keys import CLUSTER_SLOTS, bucket_tag, key_slot
+
+    for buckets in (1, 3, 12, 24, 100):
+        slots = [key_slot(bucket_tag(b, buckets)) for b in range(buckets)]
+        width = CLUSTER_SLOTS / buckets
+        # each bucket's tag lies in the middle half of its share of the slots
+        assert all(
+            b * width + width / 4 <= s < b * width + 3 * width / 4 for b, s in enumerate(slots)
+        )
+        for primaries in (1, 2, 3, 4, 6):
+            if buckets % primaries == 0:
+                per_primary = [
+                    sum(1 for s in slots if s * primaries // CLUSTER_SLOTS == p)
+                    for p in range(primaries)
+                ]
+                assert len(set(per_primary)) == 1, (buckets, primaries, per_primary)
+    assert bucket_tag(7, 24) == "vg7-55"  # docs/streams.md names it: a change moves live keys
+
+
+def test_bucket_counts_are_checked() -> None:
+    with pytest.raises(ConfigError, match="buckets"):
+        Keys("ns", buckets=-1)
+    with pytest.raises(ConfigError, match="buckets"):
+        Keys("ns", buckets=5000)
+    assert Keys("ns").session("a").input == "ns:{a}:in"  # single-node layout by default

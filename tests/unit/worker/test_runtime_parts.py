@@ -102,3 +102,62 @@ def test_readiness_and_health_routes() -> None:
     assert down.route("/readyz")[2] == b"redis unreachable\n"
     stalled = HealthServer(_runtime(loop_tick=time.monotonic() - 60), port=0)  # type: ignore[arg-type]
     assert stalled.route("/healthz")[0] == 503
+
+
+def test_cluster_and_queue_urls_are_read_and_checked() -> None:
+    cluster = "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000"
+    settings = WorkerSettings.from_env(
+        {"REDIS_URL": cluster, "VOICEGRID_QUEUE_URL": "redis://q:6379/1"}
+    )
+    assert settings.cluster and settings.queue_redis_url == "redis://q:6379/1"
+    assert settings.key_layout().buckets == 24
+    single = WorkerSettings.from_env({"REDIS_URL": "redis://r:6379/0"})
+    assert not single.cluster and single.queue_redis_url == "redis://r:6379/0"
+    assert single.key_layout().buckets == 0
+    with pytest.raises(ConfigError, match="VOICEGRID_QUEUE_URL must name"):
+        WorkerSettings.from_env({"REDIS_URL": cluster})
+    with pytest.raises(ConfigError, match=r"VOICEGRID_QUEUE_URL=.*single-node") as info:
+        WorkerSettings.from_env(
+            {"REDIS_URL": cluster, "VOICEGRID_QUEUE_URL": "redis+cluster://:pw@q:1"}
+        )
+    assert "pw" not in str(info.value)
+    with pytest.raises(ConfigError, match="VOICEGRID_CLUSTER_BUCKETS"):
+        WorkerSettings.from_env(
+            {
+                "REDIS_URL": cluster,
+                "VOICEGRID_QUEUE_URL": "redis://q",
+                "VOICEGRID_CLUSTER_BUCKETS": "0",
+            }
+        )
+    with pytest.raises(ConfigError, match=r"REDIS_URL=.*redis\+cluster://host:port"):
+        WorkerSettings.from_env({"REDIS_URL": "http://r:6379"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7000",
+        "rediss+cluster://user:s3cret@a:1,b:2/0",
+        "redis://h:6379/0?password=s3cret",
+        "redis://user:s3cret@h",
+    ],
+)
+def test_passwords_are_redacted_from_cluster_urls_too(url: str) -> None:
+    shown = redact_url(url)
+    assert "s3cret" not in shown and "***" in shown
+
+
+def test_cluster_urls_become_seed_nodes_and_bad_ones_name_the_value() -> None:
+    from redisio.cluster import _cluster_nodes
+
+    nodes, options = _cluster_nodes("rediss+cluster://u:p%40w@10.0.0.1:7000,[::1]:7001")
+    assert nodes == [("10.0.0.1", 7000), ("::1", 7001)]
+    assert options == {"username": "u", "password": "p@w", "ssl": True}
+    for bad, says in (
+        ("redis+cluster://h1:7000,h2", "node 'h2' is not host:port"),
+        ("redis+cluster://h1:7000/3", "only database 0"),
+        ("redis+cluster://:pw@h1:7000?db=2", "query option 'db'"),
+    ):
+        with pytest.raises(ConfigError, match=says) as info:
+            _cluster_nodes(bad)
+        assert "pw" not in str(info.value).replace("password", "")

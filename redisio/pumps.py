@@ -450,7 +450,11 @@ class OutputWriter(PipelineWriter[WriteSource, WriteBatch]):
         for index, reply in enumerate(replies):
             chunk = work[index * WRITE_CHUNK : (index + 1) * WRITE_CHUNK]
             if isinstance(reply, NoScriptError):
-                await self.scripts.load()  # a restarted or failed-over Redis
+                try:
+                    await self.scripts.load()  # a restarted or failed-over Redis
+                except REDIS_ERRORS as exc:
+                    # gone again: the retried round finds NOSCRIPT (or the error) and reloads
+                    self.health.failed(exc)
                 retry += chunk
                 continue
             if isinstance(reply, RETRY_REPLIES):

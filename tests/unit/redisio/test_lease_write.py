@@ -6,6 +6,7 @@ audio layout must produce exactly the entries the generic layout produces, field
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -14,11 +15,16 @@ from typing import Any
 import fakeredis
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from protocol.events import AudioEvent, ConnectionEvent
 from protocol.keys import Keys
 from protocol.streams import SCHEMA_VERSION, decode_output, encode_event
+from redisio.connection import RedisHealth
 from redisio.lease import Lease, LeaseScripts, SessionWrite
+from redisio.pumps import OutputWriter, WriteBatch
+
+from ...support.timing import scaled
 
 VERSION = str(SCHEMA_VERSION).encode()
 
@@ -117,3 +123,59 @@ async def test_many_sessions_one_call_each_fenced_alone(redis: Redis) -> None:
         for lease in (mine, stolen, closing):
             k = lease.keys
             await redis.delete(k.lease, k.output, k.state, k.input)
+
+
+class _Source:
+    """A session as the writer sees it, with one entry to write."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.pending: WriteBatch | None = WriteBatch(
+            [encode_event("connected", ConnectionEvent(), epoch=lease.epoch)], [0.0], {}
+        )
+        self.written = 0
+
+    def take_batch(self) -> WriteBatch | None:
+        batch, self.pending = self.pending, None
+        return batch
+
+    def restore_batch(self, batch: WriteBatch) -> None:
+        self.pending = batch
+
+    def batch_written(self, batch: WriteBatch) -> None:
+        self.written += 1
+
+    def batch_fenced(self) -> None:
+        raise AssertionError("not fenced")
+
+
+async def test_the_writer_outlives_a_script_reload_that_finds_redis_gone() -> None:
+    """NOSCRIPT (Redis restarted) makes the writer reload its scripts; when Redis is gone again
+    at that moment the writer must retry later, not die with every session's output."""
+    redis: Redis = fakeredis.FakeAsyncRedis()
+    keys = Keys(f"t-{uuid.uuid4().hex[:8]}")
+    lease = await _lease(redis, keys, 1)
+    scripts = LeaseScripts(redis)  # never loaded: the first write gets NOSCRIPT
+    real_load = scripts.load
+    failures = [RedisConnectionError("gone")]
+
+    async def flaky_load() -> None:
+        if failures:
+            raise failures.pop()
+        await real_load()
+
+    scripts.load = flaky_load  # type: ignore[method-assign]
+    writer = OutputWriter(redis, scripts, RedisHealth(), maxlen=500, version=VERSION)
+    task = asyncio.create_task(writer.run())
+    source = _Source(lease)
+    try:
+        writer.mark(source)
+        async with asyncio.timeout(scaled(5)):
+            while not source.written:
+                assert not task.done(), task
+                await asyncio.sleep(0.01)
+        assert await redis.xlen(lease.keys.output) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()

@@ -14,6 +14,7 @@ messages, then feed :meth:`MediaLeg.audio_in` and render model audio in :meth:`o
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -161,7 +162,7 @@ class LegRefused(VoicegridError):
         self.reason = reason
 
 
-class MediaLeg:
+class MediaLeg(abc.ABC):
     """One media WebSocket attached to a session (see the module docstring)."""
 
     #: ``twilio``, ``telnyx`` or ``browser`` (logs, metrics).
@@ -192,24 +193,24 @@ class MediaLeg:
 
     # --- subclass hooks ------------------------------------------------------------------------
 
-    async def opening(self) -> None:
+    async def opening(self) -> None:  # noqa: B027 - optional hook, nothing by default
         """Read the opening messages (set :attr:`claims`, :attr:`leg_in`, :attr:`leg_out`)."""
 
+    @abc.abstractmethod
     async def on_message(self, message: str | bytes) -> None:
         """One message from the leg after the opening."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def on_audio(self, response_id: str | None, data: bytes) -> None:
         """Model audio, already in :attr:`leg_out`: send it to the leg."""
-        raise NotImplementedError
 
-    def on_interrupted(self, response_id: str | None) -> None:
+    def on_interrupted(self, response_id: str | None) -> None:  # noqa: B027 - optional hook, nothing by default
         """Barge-in: the leg must stop playing ``response_id`` now."""
 
-    def on_event(self, name: str, payload: BaseModel) -> None:
+    def on_event(self, name: str, payload: BaseModel) -> None:  # noqa: B027 - optional hook, nothing by default
         """Any other session event (phones ignore most; the browser page shows them)."""
 
-    def on_attached(self) -> None:
+    def on_attached(self) -> None:  # noqa: B027 - optional hook, nothing by default
         """The leg is attached and its formats are known."""
 
     def choose_formats(self, config: RealtimeSessionConfig) -> None:

@@ -7,13 +7,10 @@ audio layout must produce exactly the entries the generic layout produces, field
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
-import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -35,19 +32,6 @@ class _Pipe:
 
     def evalsha(self, *args: Any) -> None:
         self.commands.append(("EVALSHA", *args))
-
-
-@pytest.fixture(params=["fake", "real"])
-async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
-    if request.param == "fake":
-        client: Redis = fakeredis.FakeAsyncRedis()
-    else:
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            pytest.skip("needs a real Redis: set REDIS_URL to run (CI does)")
-        client = Redis.from_url(url)
-    yield client
-    await client.aclose()
 
 
 async def _lease(redis: Redis, keys: Keys, epoch: int) -> Lease:

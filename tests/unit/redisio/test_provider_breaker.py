@@ -5,11 +5,9 @@ the real Redis (CI sets it)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 
-import fakeredis
 import pytest
 from redis.asyncio import Redis
 
@@ -18,19 +16,6 @@ from redisio.health import ProviderBreaker
 
 LABEL = "gemini/gemini-live"
 COOLDOWN_S = 0.3
-
-
-@pytest.fixture(params=["fake", "real"])
-async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
-    if request.param == "fake":
-        client: Redis = fakeredis.FakeAsyncRedis()
-    else:
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            pytest.skip("needs a real Redis: set REDIS_URL to run (CI does)")
-        client = Redis.from_url(url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

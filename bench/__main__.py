@@ -2,6 +2,8 @@
 
 By default the runtime benchmark sweeps 20, 50, 100 and 200 sessions (10 s each);
 ``--sweep`` names other loads, ``--sessions N`` runs one load, ``--quick`` is a smoke run.
+``--shards P`` compares one Redis with a local Redis Cluster of P primaries instead (one load,
+``--sessions``, default 100; ``--replicas R`` per primary on both sides).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import audio, runtime, sweep
+from bench import audio, runtime, shards, sweep
 
 #: ``--quick``: a smoke run of the runtime benchmark (well under a minute).
 QUICK_SESSIONS = 20
@@ -55,7 +57,34 @@ def main(argv: list[str] | None = None) -> int:
         help=f"smoke run: {QUICK_SESSIONS} sessions x {QUICK_SECONDS:g} s, 1 s warm-up, "
         "unless --sweep/--sessions/--seconds say otherwise",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="P",
+        help="compare one Redis with a local Redis Cluster of P primaries (servers started "
+        "here; needs redis-server) at one load, --sessions (default "
+        f"{shards.DEFAULT_SESSIONS})",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="R",
+        help="with --shards: replicas per primary, on both sides (default 0)",
+    )
     args = parser.parse_args(argv)
+    if args.shards is not None:
+        if args.sweep is not None or args.quick:
+            parser.error("--shards runs one load: use --sessions, not --sweep or --quick")
+        if args.shards < 2 or args.replicas < 0:
+            parser.error(
+                f"--shards {args.shards} --replicas {args.replicas}: expected at least 2 "
+                "shards and 0 or more replicas"
+            )
+        return _shards(args)
+    if args.replicas:
+        parser.error("--replicas goes with --shards")
     if args.sweep is not None:
         try:
             chosen = sweep.parse_loads(args.sweep)
@@ -90,6 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     from bench.plot import plot
 
     print(f"plot written to {plot(results['sweep'], png)}")
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    sessions = args.sessions or shards.DEFAULT_SESSIONS
+    seconds = args.seconds or DEFAULT_SECONDS
+    if sessions < 1 or seconds <= 0:
+        raise SystemExit(f"--sessions {sessions} / --seconds {seconds}: expected positive numbers")
+    result = shards.run(
+        sessions=sessions, seconds=seconds, warmup_s=2.0, shards=args.shards, replicas=args.replicas
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "shards": result,
+    }
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults written to {out}")
     return 0
 
 

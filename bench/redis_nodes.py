@@ -16,9 +16,14 @@ from redisio.settings import CommonSettings
 __all__ = ["cleanup", "open_bench_stores", "server_commands", "server_cpu"]
 
 
-def open_bench_stores(redis_url: str, namespace: str) -> RedisStores:
-    """The clients a worker with this environment would open (queue URL from the environment)."""
+def open_bench_stores(
+    redis_url: str, namespace: str, *, queue_url: str | None = None
+) -> RedisStores:
+    """The clients a worker with this environment would open (queue URL: ``queue_url``, else
+    ``VOICEGRID_QUEUE_URL``)."""
     env = {**os.environ, "REDIS_URL": redis_url, "VOICEGRID_NAMESPACE": namespace}
+    if queue_url is not None:
+        env["VOICEGRID_QUEUE_URL"] = queue_url
     return open_stores(CommonSettings(**CommonSettings.redis_from_env(env)))
 
 

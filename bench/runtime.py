@@ -77,7 +77,7 @@ from redisio.settings import redact_url
 
 from . import redis_nodes
 
-__all__ = ["Targets", "run", "run_async"]
+__all__ = ["Targets", "callers_cpu", "distributed", "run", "run_async", "start_simulator"]
 
 FRAME_MS = 20
 SAMPLE_RATE = 24000
@@ -672,7 +672,6 @@ async def run_async(
             f"sessions={sessions}, seconds={seconds}, warmup_s={warmup_s}: expected sessions >= 1,"
             " seconds > 0 and warmup_s >= 0"
         )
-    me = os.getpid()
     load_before = os.getloadavg()
     result: dict[str, Any] = {
         "sessions": sessions,
@@ -690,31 +689,10 @@ async def run_async(
         async with asyncio.timeout(budget), contextlib.AsyncExitStack() as stack:
             redis_url, redis_desc = await stack.enter_async_context(_redis(logs))
             result["redis"] = redis_desc
-            sim_env = {
-                **os.environ,
-                "VOICEGRID_SIM_REPLY": REPLY_TEXT,
-                "VOICEGRID_SIM_SPEED": "1",
-                "VOICEGRID_SIM_CHUNK_MS": str(FRAME_MS),
-                "VOICEGRID_LOG_LEVEL": "WARNING",
-            }
-            sim_port = _free_port()
-            sim = await _Child.start(
-                "simulator",
-                _voicegrid("simulate", "--protocol", "openai", "--port", str(sim_port)),
-                sim_env,
-                logs,
-            )
-            stack.push_async_callback(sim.stop)
-            line = await sim.wait_for_output("listening on", STEP_TIMEOUT_S)
-            sim_url = line.rsplit(" ", 1)[-1].strip()
+            sim, sim_url = await start_simulator(stack, logs)
 
             # 1. the callers' own cost: the same driver over no-op clients
-            calib_s = min(2.0, seconds)
-            null_tally = _Tally()
-            nulls = [_Caller(_NullClient(), o, null_tally) for o in _offsets(sessions)]
-            cpu0, t0 = proc_cpu_s(me), time.perf_counter()
-            await _drive(nulls, time.perf_counter(), math.ceil(calib_s / _FRAME_S))
-            driver_cpu = (proc_cpu_s(me) - cpu0) / (sessions * (time.perf_counter() - t0))
+            driver_cpu = await callers_cpu(sessions, seconds)
 
             # 2. baseline: provider clients in this process
             result["baseline"] = await _baseline(
@@ -722,12 +700,46 @@ async def run_async(
             )
 
             # 3. distributed: ingress here -> Redis -> worker subprocess -> simulator
-            result["distributed"] = await _distributed(
+            result["distributed"] = await distributed(
                 redis_url, sim_url, sim.pid, sessions, seconds, warmup_s, logs, driver_cpu
             )
     result["load_avg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     _compare(result, Targets.at(sessions))
     return result
+
+
+async def start_simulator(stack: contextlib.AsyncExitStack, logs: Path) -> tuple[_Child, str]:
+    """A ``voicegrid simulate`` subprocess with the benchmark's reply settings (stopped with
+    ``stack``): (the process, its URL)."""
+    sim_env = {
+        **os.environ,
+        "VOICEGRID_SIM_REPLY": REPLY_TEXT,
+        "VOICEGRID_SIM_SPEED": "1",
+        "VOICEGRID_SIM_CHUNK_MS": str(FRAME_MS),
+        "VOICEGRID_LOG_LEVEL": "WARNING",
+    }
+    sim_port = _free_port()
+    sim = await _Child.start(
+        "simulator",
+        _voicegrid("simulate", "--protocol", "openai", "--port", str(sim_port)),
+        sim_env,
+        logs,
+    )
+    stack.push_async_callback(sim.stop)
+    line = await sim.wait_for_output("listening on", STEP_TIMEOUT_S)
+    return sim, line.rsplit(" ", 1)[-1].strip()
+
+
+async def callers_cpu(sessions: int, seconds: float) -> float:
+    """The callers' own CPU per session-second: the same driver over no-op clients for up to
+    2 s (subtracted from this process's CPU in every setup)."""
+    me = os.getpid()
+    calib_s = min(2.0, seconds)
+    null_tally = _Tally()
+    nulls = [_Caller(_NullClient(), o, null_tally) for o in _offsets(sessions)]
+    cpu0, t0 = proc_cpu_s(me), time.perf_counter()
+    await _drive(nulls, time.perf_counter(), math.ceil(calib_s / _FRAME_S))
+    return (proc_cpu_s(me) - cpu0) / (sessions * (time.perf_counter() - t0))
 
 
 async def _baseline(
@@ -772,7 +784,7 @@ async def _baseline(
     }
 
 
-async def _distributed(
+async def distributed(
     redis_url: str,
     sim_url: str,
     sim_pid: int,
@@ -781,7 +793,11 @@ async def _distributed(
     warmup_s: float,
     logs: Path,
     driver_cpu: float,
+    *,
+    queue_url: str | None = None,
 ) -> dict[str, Any]:
+    """The distributed setup against ``redis_url`` (and ``queue_url`` for the queue: a cluster
+    needs one; default ``VOICEGRID_QUEUE_URL``): the ingress here, one worker subprocess."""
     me = os.getpid()
     namespace = f"bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     metrics_port = _free_port()
@@ -795,8 +811,10 @@ async def _distributed(
         "VOICEGRID_METRICS_PORT": str(metrics_port),
         "VOICEGRID_LOG_LEVEL": "WARNING",
     }
+    if queue_url is not None:
+        env["VOICEGRID_QUEUE_URL"] = queue_url
     # one Redis, or a cluster plus the queue Redis (VOICEGRID_QUEUE_URL): CPU per server
-    stores = redis_nodes.open_bench_stores(redis_url, namespace)
+    stores = redis_nodes.open_bench_stores(redis_url, namespace, queue_url=queue_url)
     worker = await _Child.start("worker", _voicegrid("worker"), env, logs)
     try:
         await _wait_ready(worker, metrics_port, STEP_TIMEOUT_S)
@@ -808,6 +826,7 @@ async def _distributed(
                 model=MODEL,
                 namespace=namespace,
                 connect_timeout_s=STEP_TIMEOUT_S,
+                queue_url=queue_url,
             )
 
         # one session first, so module imports and pools are not counted per session

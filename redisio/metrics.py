@@ -3,8 +3,9 @@
 Names are prefixed ``voicegrid_``, values are in base units (seconds, bytes), labels never carry
 session ids (cardinality stays bounded: provider, direction, reason, code, command). Histogram
 boundaries sit on the SLO thresholds used by the alert rules in ``deploy/prometheus/``:
-``LATENCY_SLO_S`` for the per-frame added latency, ``FIRST_AUDIO_SLO_S`` for the time from the end
-of the caller's speech to the model's first audio.
+``LATENCY_SLO_S`` for the per-frame added latency, ``REDIS_LATENCY_SLO_S`` for one Redis round
+trip, ``FIRST_AUDIO_SLO_S`` for the time from the end of the caller's speech to the model's first
+audio.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "PROVIDER_TO_OUTPUT_LATENCY",
     "RECONNECTS",
     "REDIS_COMMAND_LATENCY",
+    "REDIS_LATENCY_SLO_S",
     "REGISTRY",
     "RESUME_BUFFER_DROPS",
     "RESUMPTIONS",
@@ -49,17 +51,53 @@ __all__ = [
     "WORKER_DRAINING",
 ]
 
-#: The per-frame added-latency SLO (ingress -> provider, provider -> output stream), seconds.
-LATENCY_SLO_S = 0.005
+#: The per-frame added-latency SLO (ingress -> provider, provider -> output stream), p99, seconds.
+#: A frame crosses two pumps that each linger up to 5 ms by design (``VOICEGRID_BATCH_LINGER_MS``,
+#: docs/decisions.md), plus a Redis round trip and event-loop scheduling: p50 is about 5-7 ms, so
+#: 15 ms is the p99 target of issue 9 (each way, at nominal load of 50-100 sessions per worker).
+LATENCY_SLO_S = 0.015
+#: One Redis round trip (no linger in it), p99, seconds: above it Redis alone eats most of the
+#: per-frame budget.
+REDIS_LATENCY_SLO_S = 0.005
 #: The caller-speech-end -> first-model-audio SLO, seconds.
 FIRST_AUDIO_SLO_S = 1.0
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-_FRAME_BUCKETS = (0.0005, 0.001, 0.002, LATENCY_SLO_S, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Fine from 5 to 30 ms, where the per-frame p99 lives by design: LATENCY_SLO_S and the 30 ms
+# saturated-box target of issue 9 are bucket bounds, so a p99 near them is exact to the bucket.
+_FRAME_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.0075,
+    0.01,
+    0.0125,
+    LATENCY_SLO_S,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 _TURN_BUCKETS = (0.1, 0.25, 0.5, 0.75, FIRST_AUDIO_SLO_S, 1.5, 2.0, 3.0, 5.0, 10.0)
 _TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-_REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
+_REDIS_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    REDIS_LATENCY_SLO_S,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+)
 
 SESSIONS_ACTIVE = Gauge(
     "voicegrid_sessions_active", "Voice sessions this worker owns right now.", registry=REGISTRY

@@ -94,6 +94,12 @@ REFRESH_INTERVAL_S = 0.25
 MAX_REDIRECTS = 3
 #: How long a reader lane waits before reading a bucket again that is mid-migration.
 TRYAGAIN_PAUSE_S = 0.02
+#: How long a reader lane keeps reading through its node's shared rounds after its bucket's last
+#: entry before it blocks on a connection of its own. Several frame periods: a bucket holding a
+#: session or two sees an entry every 20 ms, and a lane that blocked between two of them made a
+#: round trip of its own per frame (at 20 sessions the cluster's worker and ingress spent 1.6x
+#: and 2.5x the CPU of the single-node layout; bench/README.md, "Sharding").
+QUIET_S = 0.1
 #: Longest wait of a bucket's pump between attempts while its node is unreachable: a shard's
 #: replica takes over within seconds, and a lane retrying a dead node costs little.
 LANE_BACKOFF_CAP_S = 0.25
@@ -498,16 +504,17 @@ class SlotPipe:
 
 
 class BucketReads:
-    """A reader lane's :class:`~redisio.connection.StreamLink`: while its bucket has entries it
-    reads without blocking through the node's mux (one round trip per node for all busy
-    buckets); once a read finds nothing it blocks on a connection of its own, which the lane's
-    wake stream interrupts."""
+    """A reader lane's :class:`~redisio.connection.StreamLink`: while its bucket has entries (or
+    had one within :data:`QUIET_S`) it reads without blocking through the node's mux (one round
+    trip per node and linger for all busy buckets); once it has been quiet that long it blocks on
+    a connection of its own, which the lane's wake stream interrupts."""
 
     def __init__(self, router: ClusterRouter, slot: int, wake_key: bytes) -> None:
         self.router = router
         self.slot = slot
         self.wake_key = wake_key
         self.busy = False
+        self._last_entry = -QUIET_S
         self._blocking: NodeConnection | None = None
 
     async def xread(
@@ -526,7 +533,10 @@ class BucketReads:
             await self.router.topology.refresh()
             self.busy = True  # the routed reads follow redirections
             return []
-        self.busy = any(entries for stream, entries in result if stream != self.wake_key)
+        now = asyncio.get_running_loop().time()
+        if any(entries for stream, entries in result if stream != self.wake_key):
+            self._last_entry = now
+        self.busy = now - self._last_entry < QUIET_S
         return result
 
     async def _poll(self, streams: dict[bytes, bytes], count: int) -> list[tuple[bytes, Entries]]:

@@ -1,6 +1,8 @@
 """Throw-away Redis servers on loopback ports (``redis-server`` processes in a temp dir): a
-single node, or a Redis Cluster. What ``python -m bench --shards`` compares and what the cluster
-integration tests run against (``tests/support/cluster.py`` scales the waits to the test suite).
+single node with replicas and optionally Redis Sentinels (:class:`ReplicatedRedis`), or a Redis
+Cluster (:class:`LocalCluster`). What ``python -m bench --shards`` compares and what the cluster
+and Sentinel integration tests run against (``tests/support/cluster.py`` scales the waits to the
+test suite).
 
 ``LocalCluster(directory).start()`` starts ``primaries`` primaries with ``replicas`` replicas
 each (``--cluster-enabled yes``, no persistence, ``cluster-node-timeout`` small so a replica
@@ -17,11 +19,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
     "LocalCluster",
     "RedisServer",
+    "ReplicatedRedis",
+    "SentinelServer",
     "cluster_port",
     "have_redis_server",
     "redis_server_command",
@@ -249,3 +254,149 @@ class LocalCluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.kill()
+
+
+class SentinelServer(RedisServer):
+    """One Redis Sentinel on 127.0.0.1 watching ``service`` (the primary on ``primary_port``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        service: str,
+        primary_port: int,
+        *,
+        quorum: int = 1,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+        scale: float = 1.0,
+    ) -> None:
+        self.port = port
+        self.scale = scale
+        self.log = directory / f"sentinel-{port}.log"
+        conf = directory / f"sentinel-{port}.conf"  # Sentinel rewrites it with what it learns
+        conf.write_text(
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+        )
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                str(conf),
+                "--sentinel",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--logfile",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+
+class ReplicatedRedis:
+    """A single-node Redis with ``replicas`` replicas (``--replicaof``) and, optionally,
+    ``sentinels`` Redis Sentinels that fail it over (quorum: a majority of them)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        replicas: int = 1,
+        sentinels: int = 0,
+        service: str = "voicegrid",
+        down_after_ms: int = 1000,
+        scale: float = 1.0,
+    ) -> None:
+        self.directory = directory
+        self.replicas = replicas
+        self.sentinel_count = sentinels
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.scale = scale
+        self.nodes: list[RedisServer] = []
+        self.sentinels: list[SentinelServer] = []
+
+    @property
+    def primary(self) -> RedisServer:
+        """The node that is primary now (Sentinel's answer when there are Sentinels)."""
+        if not self.sentinels:
+            return self.nodes[0]
+        for sentinel in self.sentinels:
+            if not sentinel.alive():
+                continue
+            answer = sentinel.cli("sentinel", "get-master-addr-by-name", self.service).split()
+            if len(answer) == 2 and answer[1].isdigit():
+                return next(n for n in self.nodes if n.port == int(answer[1]))
+        raise RuntimeError(f"no Sentinel names a primary for {self.service!r}")
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://`` naming every Sentinel, or the primary's ``redis://``."""
+        if not self.sentinels:
+            return self.nodes[0].url
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self) -> ReplicatedRedis:
+        try:
+            primary = RedisServer(self.directory, cluster_port(), scale=self.scale)
+            self.nodes.append(primary)
+            primary.wait_serving()
+            for _ in range(self.replicas):
+                replica = RedisServer(
+                    self.directory,
+                    cluster_port(),
+                    "--replicaof",
+                    "127.0.0.1",
+                    str(primary.port),
+                    scale=self.scale,
+                )
+                self.nodes.append(replica)
+                replica.wait_serving()
+            self._wait(self._replicas_in_sync, "the replicas did not sync")
+            for _ in range(self.sentinel_count):
+                sentinel = SentinelServer(
+                    self.directory,
+                    cluster_port(),
+                    self.service,
+                    primary.port,
+                    quorum=self.sentinel_count // 2 + 1,
+                    down_after_ms=self.down_after_ms,
+                    scale=self.scale,
+                )
+                self.sentinels.append(sentinel)
+                sentinel.wait_serving()
+            self._wait(self._sentinels_see_replicas, "the Sentinels did not find the replicas")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _replicas_in_sync(self) -> bool:
+        return all(n.info("replication").get("master_link_status") == "up" for n in self.nodes[1:])
+
+    def _sentinels_see_replicas(self) -> bool:
+        for sentinel in self.sentinels:
+            info = sentinel.info("sentinel")
+            status = next((v for k, v in info.items() if k.startswith("master")), "")
+            if f"slaves={self.replicas}," not in status or "status=ok" not in status:
+                return False
+        return True
+
+    def _wait(self, ready: Callable[[], bool], what: str, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within * self.scale
+        while not ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} within {within * self.scale:g} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.nodes]:
+            with contextlib.suppress(Exception):
+                server.kill()

@@ -23,42 +23,23 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from protocol import RuntimeFailure
 
 from . import runtime
-from .local_redis import LocalCluster, RedisServer, cluster_port, have_redis_server
+from .local_redis import (
+    LocalCluster,
+    RedisServer,
+    ReplicatedRedis,
+    cluster_port,
+    have_redis_server,
+)
 
 __all__ = ["print_table", "run", "run_async"]
 
 DEFAULT_SESSIONS = 100
-
-
-def _single(directory: Path, replicas: int) -> list[RedisServer]:
-    """One Redis and ``replicas`` replicas of it (``--replicaof``), serving and in sync."""
-    primary = RedisServer(directory, cluster_port())
-    servers = [primary]
-    try:
-        primary.wait_serving()
-        for _ in range(replicas):
-            replica = RedisServer(
-                directory, cluster_port(), "--replicaof", "127.0.0.1", str(primary.port)
-            )
-            servers.append(replica)
-            replica.wait_serving()
-        deadline = time.monotonic() + 30
-        while any(r.info("replication").get("master_link_status") != "up" for r in servers[1:]):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the single Redis's replicas did not sync within 30 s")
-            time.sleep(0.1)
-    except BaseException:
-        for server in servers:
-            server.kill()
-        raise
-    return servers
 
 
 def _per_role(cpu: dict[str, float]) -> dict[str, list[float]]:
@@ -99,17 +80,18 @@ async def run_async(
         logs = Path(tmp)
         servers = logs / "redis"
         servers.mkdir()
-        single = _single(servers, replicas)
+        single = ReplicatedRedis(servers, replicas=replicas)
         queue = RedisServer(servers, cluster_port())
         cluster = LocalCluster(servers, primaries=shards, replicas=replicas)
         try:
+            await asyncio.to_thread(single.start)
             queue.wait_serving()
             await asyncio.to_thread(cluster.start)
             async with asyncio.timeout(budget), contextlib.AsyncExitStack() as stack:
                 sim, sim_url = await runtime.start_simulator(stack, logs)
                 driver_cpu = await runtime.callers_cpu(sessions, seconds)
                 result["single"] = await runtime.distributed(
-                    single[0].url, sim_url, sim.pid, sessions, seconds, warmup_s, logs, driver_cpu
+                    single.url, sim_url, sim.pid, sessions, seconds, warmup_s, logs, driver_cpu
                 )
                 result["cluster"] = await runtime.distributed(
                     cluster.url,
@@ -125,8 +107,7 @@ async def run_async(
         finally:
             cluster.stop()
             queue.kill()
-            for server in single:
-                server.kill()
+            single.stop()
             shutil.rmtree(servers, ignore_errors=True)
     single_roles = _per_role(result["single"]["redis_cpu_per_server_per_session_s"])
     # a single Redis reports as "redis" (its replicas are not sampled: see single_replicas)

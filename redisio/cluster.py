@@ -274,9 +274,15 @@ async def check_stores(stores: RedisStores, settings: CommonSettings) -> None:
     if stores.cluster is None and stores.sessions is not stores.queue:
         checks.append((stores.sessions, "REDIS_URL"))
     for client, variable in checks:
+        url = settings.queue_redis_url if variable != "REDIS_URL" else settings.redis_url
+        if (await client.info("server")).get("redis_mode") == "sentinel":
+            raise ConfigError(
+                f"{variable}={redact_url(url)!r} points at a Redis Sentinel, not at a Redis; "
+                "expected redis+sentinel://host:port[,host:port...]/<service> to reach the "
+                "primary it names"
+            )
         info = await client.info("cluster")
         if int(info.get("cluster_enabled", 0)):
-            url = settings.queue_redis_url if variable != "REDIS_URL" else settings.redis_url
             raise ConfigError(
                 f"{variable}={redact_url(url)!r} points at a Redis Cluster node; expected a "
                 "single-node Redis"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import (
     AskError,
     ClusterDownError,
@@ -29,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .resp import fast_packing
+from .settings import SENTINEL_SCHEMES, sentinel_target
 
 __all__ = [
     "REDIS_ERRORS",
@@ -47,12 +49,17 @@ Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 def open_redis(url: str, *, queue: str) -> ArqRedis:
     """An arq-capable Redis client for ``url`` (``redis://``, ``rediss://`` with TLS,
-    ``unix://``; password and db number in the URL). Job payloads are JSON (orjson), not arq's
-    default pickle, so a job read from Redis can never execute code."""
+    ``unix://``; password and db number in the URL; or ``redis+sentinel://``: the primary that
+    Redis Sentinel names, found again after a failover). Job payloads are JSON (orjson), not
+    arq's default pickle, so a job read from Redis can never execute code."""
     options: dict[str, Any] = {"socket_connect_timeout": 5.0, "health_check_interval": 10}
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets reject the option
-    pool = ConnectionPool.from_url(url, **options)
+    pool: ConnectionPool
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        pool = _sentinel_pool(url, options)
+    else:
+        pool = ConnectionPool.from_url(url, **options)
     # same connection kind (TCP, TLS, unix socket), with linear-time command packing
     pool.connection_class = fast_packing(pool.connection_class)
     return ArqRedis(
@@ -61,6 +68,35 @@ def open_redis(url: str, *, queue: str) -> ArqRedis:
         job_deserializer=orjson.loads,
         default_queue_name=queue,
     )
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel-managed pool, which also closes its connections to the Sentinels
+    when it is closed (each client opens its own)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.connection_pool.disconnect()
+
+
+def _sentinel_pool(url: str, options: dict[str, Any]) -> ConnectionPool:
+    """The pool of a ``redis+sentinel://`` URL: each new connection asks the Sentinels for the
+    service's primary (``SENTINEL get-master-addr-by-name``) and checks that it is one; a
+    connection to a primary that was demoted fails (``READONLY``), and the pumps' next
+    connection finds the new primary."""
+    target = sentinel_target(url)
+    node = {**options, "db": target.db, "username": target.username, "password": target.password}
+    if target.ssl:
+        node["ssl"] = True
+    ask = {
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "socket_keepalive": True,
+        "password": target.sentinel_password,
+        "ssl": target.ssl,
+    }
+    sentinels = Sentinel(list(target.sentinels), sentinel_kwargs=ask, **node)  # type: ignore[no-untyped-call]
+    return _SentinelPool(target.service, sentinels, check_connection=True, **node)  # type: ignore[no-untyped-call]
 
 
 #: Errors that mean "Redis is unreachable right now": retried, never fatal to a session.

@@ -17,7 +17,7 @@ import os
 import textwrap
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from protocol.errors import ConfigError
 from protocol.keys import DEFAULT_BUCKETS, MAX_BUCKETS, Keys, validate_namespace
@@ -31,8 +31,10 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "METRICS_PORT",
+    "SENTINEL_SCHEMES",
     "CommonSettings",
     "EnvTable",
+    "SentinelTarget",
     "batch_linger_s",
     "entry_limits",
     "env_float",
@@ -40,6 +42,7 @@ __all__ = [
     "format_environment",
     "is_cluster_url",
     "redact_url",
+    "sentinel_target",
 ]
 
 #: Default seconds a SIGTERM'd process takes at most to hand its sessions over and exit.
@@ -50,7 +53,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 #: ``REDIS_URL`` schemes that mean a Redis Cluster (TCP, TLS).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-_NODE_SCHEMES = ("redis", "rediss", "unix")
+#: Schemes of a single-node Redis whose primary Redis Sentinel names (TCP, TLS): it fails over.
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+_NODE_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+_SENTINEL_FORM = (
+    "redis+sentinel://[user:password@]host:port[,host:port...]/<service>[/<db>]"
+    "[?sentinel_password=...] (rediss+sentinel:// with TLS)"
+)
 
 _LIMITS = EntryLimits()  # the defaults
 
@@ -61,15 +70,17 @@ COMMON_ENVIRONMENT: EnvTable = {
     "REDIS_URL": (
         "redis://127.0.0.1:6379/0",
         "Redis for session streams (and, unless VOICEGRID_QUEUE_URL is set, the arq queue): "
-        "redis:// or rediss:// (TLS), optional user:password@ and /db number; or a Redis "
-        "Cluster: redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// "
-        "with TLS)",
+        "redis:// or rediss:// (TLS), optional user:password@ and /db number; a Redis that "
+        "Sentinel fails over: redis+sentinel://[user:password@]host:port[,host:port...]/<service>"
+        "[/<db>] (the Sentinels; ?sentinel_password= when they have one of their own); or a "
+        "Redis Cluster: redis+cluster://[user:password@]host:port[,host:port...] "
+        "(rediss+cluster:// with TLS)",
     ),
     "VOICEGRID_QUEUE_URL": (
         "",
         "single-node Redis for the arq queue and the keys that span sessions (<ns>:live, "
-        "<ns>:create): redis://, rediss:// or unix://; empty: REDIS_URL. Required when "
-        "REDIS_URL is a cluster",
+        "<ns>:create): redis://, rediss://, unix:// or redis+sentinel:// (as REDIS_URL); "
+        "empty: REDIS_URL. Required when REDIS_URL is a cluster",
     ),
     "VOICEGRID_CLUSTER_BUCKETS": (
         str(DEFAULT_BUCKETS),
@@ -118,20 +129,81 @@ COMMON_ENVIRONMENT: EnvTable = {
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and errors); also a cluster URL
-    with several ``host:port`` and a ``password=`` query parameter."""
+    """``url`` with any password replaced by ``***`` (for logs and errors); also a cluster or
+    Sentinel URL with several ``host:port`` and ``password=`` / ``sentinel_password=`` query
+    parameters."""
     parts = urlsplit(url)
     netloc = parts.netloc
     userinfo, at, hosts = netloc.rpartition("@")
     if at and ":" in userinfo:
         netloc = f"{userinfo.partition(':')[0]}:***@{hosts}"
     query = "&".join(
-        f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+        f"{name}=***" if name.lower().endswith("password") else f"{name}{eq}{value}"
         for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclasses.dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names: the Sentinels to ask, the service (the monitored
+    primary's name) and how to talk to that primary."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = dataclasses.field(default=None, repr=False)
+    password: str | None = dataclasses.field(default=None, repr=False)
+    sentinel_password: str | None = dataclasses.field(default=None, repr=False)
+    ssl: bool = False
+
+
+def sentinel_target(url: str, variable: str = "REDIS_URL") -> SentinelTarget:
+    """Parse a ``redis+sentinel://`` URL; ``ConfigError`` naming ``variable``, the (redacted)
+    value and the expected form otherwise."""
+    parts = urlsplit(url)
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"{variable}={redact_url(url)!r}: {why}; expected {_SENTINEL_FORM}")
+
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise bad(f"scheme {parts.scheme!r} is not a Sentinel URL")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad(f"Sentinel {item!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    path = [unquote(piece) for piece in parts.path.split("/")[1:]]
+    if not path or not path[0] or len(path) > 2:
+        raise bad("the path must name the service (the primary Sentinel monitors)")
+    db = 0
+    if len(path) == 2 and path[1]:
+        if not path[1].isdigit():
+            raise bad(f"database {path[1]!r} is not a number")
+        db = int(path[1])
+    username = password = sentinel_password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    for name, value in parse_qsl(parts.query):
+        if name == "sentinel_password":
+            sentinel_password = value
+        else:
+            raise bad(f"query option {name!r} is not supported; only sentinel_password")
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        service=path[0],
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=sentinel_password,
+        ssl=parts.scheme == "rediss+sentinel",
+    )
 
 
 def is_cluster_url(url: str) -> bool:
@@ -270,16 +342,22 @@ class CommonSettings:
         if urlsplit(redis_url).scheme not in _NODE_SCHEMES + CLUSTER_SCHEMES:
             raise ConfigError(
                 f"REDIS_URL={redact_url(redis_url)!r} has an unsupported scheme; expected "
-                "redis://host:port/db, rediss:// (TLS), unix:///path, or a Redis Cluster: "
-                "redis+cluster://host:port[,host:port...] (rediss+cluster:// with TLS)"
+                "redis://host:port/db, rediss:// (TLS), unix:///path, a Redis that Sentinel "
+                "fails over: redis+sentinel://host:port[,host:port...]/<service>[/<db>], or a "
+                "Redis Cluster: redis+cluster://host:port[,host:port...] (rediss+cluster:// "
+                "with TLS)"
             )
+        if urlsplit(redis_url).scheme in SENTINEL_SCHEMES:
+            sentinel_target(redis_url, "REDIS_URL")
         queue_url = _raw(env, table, "VOICEGRID_QUEUE_URL")
         if queue_url and urlsplit(queue_url).scheme not in _NODE_SCHEMES:
             raise ConfigError(
                 f"VOICEGRID_QUEUE_URL={redact_url(queue_url)!r} is not a single-node Redis URL "
                 "(arq's queue cannot run on a cluster); expected redis://host:port/db, "
-                "rediss:// (TLS) or unix:///path"
+                "rediss:// (TLS), unix:///path or redis+sentinel://host:port/<service>"
             )
+        if urlsplit(queue_url).scheme in SENTINEL_SCHEMES:
+            sentinel_target(queue_url, "VOICEGRID_QUEUE_URL")
         if is_cluster_url(redis_url) and not queue_url:
             raise ConfigError(
                 f"REDIS_URL={redact_url(redis_url)!r} is a Redis Cluster, so "

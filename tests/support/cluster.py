@@ -21,6 +21,7 @@ from .timing import TIME_SCALE
 __all__ = [
     "LocalCluster",
     "RedisServer",
+    "ReplicatedRedis",
     "cluster_port",
     "have_redis_server",
     "redis_server_command",
@@ -36,6 +37,13 @@ class RedisServer(local_redis.RedisServer):
 
 class LocalCluster(local_redis.LocalCluster):
     """A local Redis Cluster, waits scaled to the test suite."""
+
+    def __init__(self, directory: Path, **options: Any) -> None:
+        super().__init__(directory, scale=TIME_SCALE, **options)
+
+
+class ReplicatedRedis(local_redis.ReplicatedRedis):
+    """A Redis with replicas and Sentinels, waits scaled to the test suite."""
 
     def __init__(self, directory: Path, **options: Any) -> None:
         super().__init__(directory, scale=TIME_SCALE, **options)

@@ -13,7 +13,7 @@ from protocol.errors import ConfigError
 from redisio.connection import open_redis
 from redisio.http import HealthServer
 from redisio.lease import Lease
-from redisio.settings import redact_url
+from redisio.settings import redact_url, sentinel_target
 from worker.conversation import MAX_ITEMS, MAX_TEXT_BYTES, ConversationLog, replay_config
 from worker.settings import WorkerSettings
 
@@ -140,6 +140,8 @@ def test_cluster_and_queue_urls_are_read_and_checked() -> None:
         "rediss+cluster://user:s3cret@a:1,b:2/0",
         "redis://h:6379/0?password=s3cret",
         "redis://user:s3cret@h",
+        "redis+sentinel://:s3cret@s1:26379,s2:26379/mymaster/2",
+        "redis+sentinel://s1:26379/mymaster?sentinel_password=s3cret",
     ],
 )
 def test_passwords_are_redacted_from_cluster_urls_too(url: str) -> None:
@@ -161,3 +163,64 @@ def test_cluster_urls_become_seed_nodes_and_bad_ones_name_the_value() -> None:
         with pytest.raises(ConfigError, match=says) as info:
             _cluster_nodes(bad)
         assert "pw" not in str(info.value).replace("password", "")
+
+
+def test_sentinel_urls_name_the_sentinels_the_service_and_the_primary_s_credentials() -> None:
+    target = sentinel_target(
+        "rediss+sentinel://u:p%40w@10.0.0.1:26379,[::1]:26380/my%2Dprimary/3?sentinel_password=sp"
+    )
+    assert target.sentinels == (("10.0.0.1", 26379), ("::1", 26380))
+    assert (target.service, target.db, target.ssl) == ("my-primary", 3, True)
+    assert (target.username, target.password, target.sentinel_password) == ("u", "p@w", "sp")
+    assert "p@w" not in repr(target) and "password" not in repr(target)
+    plain = sentinel_target("redis+sentinel://s:26379/primary")
+    assert (plain.db, plain.password, plain.ssl) == (0, None, False)
+    for bad, says in (
+        ("redis+sentinel://:pw@s:26379", "the path must name the service"),
+        ("redis+sentinel://:pw@s:26379/", "the path must name the service"),
+        ("redis+sentinel://:pw@s/primary", "Sentinel 's' is not host:port"),
+        ("redis+sentinel://:pw@s:26379/primary/x", "database 'x' is not a number"),
+        ("redis+sentinel://:pw@s:26379/primary/0/1", "the path must name the service"),
+        ("redis+sentinel://:pw@s:26379/primary?db=1", "query option 'db' is not supported"),
+    ):
+        with pytest.raises(ConfigError, match=says) as info:
+            sentinel_target(bad)
+        message = str(info.value)
+        assert "REDIS_URL=" in message and "redis+sentinel://[user:password@]host:port" in message
+        assert ":pw@" not in message
+
+
+def test_sentinel_urls_are_accepted_and_checked_for_both_redis_urls() -> None:
+    sentinel = "redis+sentinel://:pw@s1:26379,s2:26379/vg/1"
+    single = WorkerSettings.from_env({"REDIS_URL": sentinel})
+    assert not single.cluster and single.queue_redis_url == sentinel
+    cluster = WorkerSettings.from_env(
+        {"REDIS_URL": "redis+cluster://c:7000", "VOICEGRID_QUEUE_URL": sentinel}
+    )
+    assert cluster.cluster and cluster.queue_redis_url == sentinel
+    with pytest.raises(ConfigError, match=r"VOICEGRID_QUEUE_URL=.*the path must name") as info:
+        WorkerSettings.from_env(
+            {
+                "REDIS_URL": "redis+cluster://c:7000",
+                "VOICEGRID_QUEUE_URL": "redis+sentinel://:pw@s:1",
+            }
+        )
+    assert ":pw@" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"REDIS_URL=.*is not host:port"):
+        WorkerSettings.from_env({"REDIS_URL": "redis+sentinel://s/vg"})
+
+
+async def test_a_sentinel_url_opens_a_sentinel_managed_pool_that_packs_with_hiredis() -> None:
+    from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedSSLConnection
+
+    from redisio.resp import FastPackMixin
+
+    redis = open_redis("rediss+sentinel://:pw@s1:26379,s2:26380/vg/2", queue="q")
+    pool = redis.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "vg"
+    assert issubclass(pool.connection_class, FastPackMixin)
+    assert issubclass(pool.connection_class, SentinelManagedSSLConnection)
+    assert pool.connection_kwargs["db"] == 2 and pool.connection_kwargs["password"] == "pw"
+    hosts = [s.connection_pool.connection_kwargs["port"] for s in pool.sentinel_manager.sentinels]
+    assert hosts == [26379, 26380]
+    await redis.aclose()

@@ -56,6 +56,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from protocol.backoff import Backoff
 from protocol.errors import ConfigError
 from protocol.keys import Keys, key_slot
 
@@ -105,6 +106,8 @@ QUIET_S = 0.1
 LANE_BACKOFF_CAP_S = 0.25
 #: What fails one group of :class:`GroupedPipelines` (the others go on).
 _FAILED: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
+#: What finding a bucket's node can fail with (the lane's own read then meets it and backs off).
+_UNROUTABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisClusterException)
 #: Seconds to connect to one node: a dead node must not hold a pump for long.
 NODE_CONNECT_TIMEOUT_S = 2.0
 #: Seconds a pump waits for a node's reply (on top of a blocking read's own block time).
@@ -451,6 +454,15 @@ class ClusterRouter:
             await self.topology.refresh()
             raise RedisConnectionError(f"slot {slot} has no primary right now") from exc
 
+    async def call_node(self, node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
+        """Each command's reply (or error reply) on ``node``, no redirection followed; a
+        connection error raises and refreshes the slot map."""
+        try:
+            return await self._mux(node).call(commands)
+        except REDIS_ERRORS:
+            await self.topology.refresh()
+            raise
+
     async def call(self, slot: int, commands: Sequence[Command]) -> list[Any]:
         """Each command's reply (or error reply) on the owner of ``slot``. ``MOVED`` refreshes
         the slot map and re-sends, ``ASK`` re-sends with ``ASKING`` to the importing node, up
@@ -539,11 +551,16 @@ class BucketReads:
             await self.router.topology.refresh()
             self.busy = True  # the routed reads follow redirections
             return []
+        self.saw(any(entries for stream, entries in result if stream != self.wake_key))
+        return result
+
+    def saw(self, entries: bool) -> None:
+        """Note whether a read of the bucket found entries: it stays busy until it has found
+        none for :data:`QUIET_S`."""
         now = asyncio.get_running_loop().time()
-        if any(entries for stream, entries in result if stream != self.wake_key):
+        if entries:
             self._last_entry = now
         self.busy = now - self._last_entry < QUIET_S
-        return result
 
     async def _poll(self, streams: dict[bytes, bytes], count: int) -> list[tuple[bytes, Entries]]:
         command = ("XREAD", "COUNT", count, "STREAMS", *streams.keys(), *streams.values())
@@ -614,9 +631,75 @@ class _Lanes:
             await close()
 
 
+class _NodePoller:
+    """Reads the busy buckets of one node for one :class:`ShardedReader`: each round is one
+    ``XREAD`` per bucket in the node's mux pipeline, delivered here, so a busy bucket costs a
+    command per round and no task switch of its own. A bucket leaves (its lane takes over again)
+    when it has been quiet for :data:`QUIET_S` (the lane then blocks), or when its read got an
+    error reply (the lane's own read follows the redirection, waits out ``TRYAGAIN`` or isolates
+    the stream Redis refuses); all of them leave when the node is unreachable."""
+
+    def __init__(self, router: ClusterRouter, node: ClusterNode) -> None:
+        self.router = router
+        self.node = node
+        self.lanes: dict[str, _BucketReader] = {}
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self, tag: str, lane: _BucketReader) -> None:
+        self.lanes[tag] = lane
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(
+                self._rounds(), name=f"voicegrid-poll-{self.node.name}"
+            )
+
+    def leave(self, tag: str) -> None:
+        lane = self.lanes.pop(tag, None)
+        if lane is not None:
+            lane.released.set()
+
+    async def _rounds(self) -> None:
+        while True:
+            if not self.lanes:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            lanes = list(self.lanes.items())
+            commands = [lane.poll_command() for _, lane in lanes]
+            try:
+                replies = await self.router.call_node(self.node, commands)
+            except _FAILED:
+                await self.router.topology.refresh()
+                for tag, lane in lanes:
+                    lane.routed = True  # its own read meets the error and backs off
+                    self.leave(tag)
+                continue
+            for (tag, lane), reply in zip(lanes, replies, strict=True):
+                if self.lanes.get(tag) is not lane:
+                    continue  # left meanwhile
+                if isinstance(reply, BaseException):
+                    lane.routed = True
+                    self.leave(tag)
+                    continue
+                lane.reads.saw(lane.deliver(_stream_reply(reply)))
+                if not lane.reads.busy:
+                    self.leave(tag)  # quiet: the lane blocks on its own connection
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for tag in list(self.lanes):
+            self.leave(tag)
+
+
 class ShardedReader(_Lanes):
     """The cluster counterpart of :class:`~redisio.pumps.StreamReader` (same ``add``,
-    ``remove``, ``run``): one reader lane per bucket with subscribed streams."""
+    ``remove``, ``run``): one reader lane per bucket with subscribed streams; while a bucket
+    is busy its node's :class:`_NodePoller` reads it, in one round trip per node for all of
+    them."""
 
     def __init__(
         self,
@@ -635,9 +718,16 @@ class ShardedReader(_Lanes):
         self.block_ms = block_ms
         self.router = ClusterRouter(Topology(stores.cluster), linger_s)
         self.reader_id = uuid.uuid4().hex
-        self.lanes: dict[str, StreamReader] = {}
+        self.lanes: dict[str, _BucketReader] = {}
+        self._pollers: dict[str, _NodePoller] = {}
 
-    def _lane(self, stream: str) -> StreamReader:
+    def _poller(self, node: ClusterNode) -> _NodePoller:
+        poller = self._pollers.get(node.name)
+        if poller is None:
+            poller = self._pollers[node.name] = _NodePoller(self.router, node)
+        return poller
+
+    def _lane(self, stream: str) -> _BucketReader:
         tag = hash_tag(stream)
         lane = self.lanes.get(tag)
         if lane is None:
@@ -651,6 +741,8 @@ class ShardedReader(_Lanes):
                 linger_s=0.0,  # the node mux lingers, for all buckets of the node at once
                 wake_key=wake,
                 reads=BucketReads(self.router, key_slot(tag), wake.encode()),
+                tag=tag,
+                pollers=self._poller,
             )
             self._start(tag, lane.run)
         return lane
@@ -671,11 +763,70 @@ class ShardedReader(_Lanes):
             lane.remove(stream)
 
     async def run(self) -> None:
-        await self._run_lanes(self.lanes, self.router.close)
+        await self._run_lanes(self.lanes, self._close)
+
+    async def _close(self) -> None:
+        pollers, self._pollers = list(self._pollers.values()), {}
+        for poller in pollers:
+            await poller.close()
+        await self.router.close()
 
 
 class _BucketReader(StreamReader):
+    """One bucket's reader lane: blocks on a connection of its own while its bucket is quiet,
+    hands its reads to the node's :class:`_NodePoller` while it is busy, and reads through the
+    router (following redirections) once after the poller met an error reply."""
+
     backoff_cap_s = LANE_BACKOFF_CAP_S
+
+    def __init__(
+        self,
+        *args: Any,
+        reads: BucketReads,
+        tag: str,
+        pollers: Callable[[ClusterNode], _NodePoller],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, reads=reads, **kwargs)
+        self.reads = reads
+        self.tag = tag
+        self._pollers = pollers
+        self.released = asyncio.Event()
+        #: the poller met an error reading this bucket: the next read is the lane's own
+        self.routed = False
+
+    def poll_command(self) -> Command:
+        streams = self._streams()
+        return ("XREAD", "COUNT", self.count, "STREAMS", *streams.keys(), *streams.values())
+
+    def deliver(self, reply: list[tuple[bytes, Entries]]) -> bool:
+        self.health.ok()
+        return self._deliver(reply)
+
+    async def _read_loop(self, backoff: Backoff) -> None:
+        self._started = asyncio.get_running_loop().time()
+        while True:
+            if self.reads.busy and not self.routed:
+                await self._park()
+                continue
+            self.routed = False
+            await self._read_once(backoff)
+
+    async def _park(self) -> None:
+        """Read through the node's poller until it hands the bucket back."""
+        try:
+            node = await self.reads.router.node(self.reads.slot)
+        except _UNROUTABLE:
+            self.routed = True  # the lane's own read meets it and backs off
+            return
+        poller = self._pollers(node)
+        self.released.clear()
+        poller.join(self.tag, self)
+        try:
+            await self.released.wait()
+        finally:
+            if poller.lanes.get(self.tag) is self:
+                poller.leave(self.tag)
 
     async def _wake(self) -> None:
         try:

@@ -110,6 +110,7 @@ class StreamReader:
         self._wake_cursor = b"0-0"
         self._subs: dict[bytes, _Subscription] = {}
         self._reads: StreamLink = reads or PumpConnection(redis)
+        self._started = 0.0
 
     async def add(
         self,
@@ -154,48 +155,65 @@ class StreamReader:
             await self._reads.close()
 
     async def _read_loop(self, backoff: Backoff) -> None:
-        wake = self.wake_key.encode()
-        clock = asyncio.get_running_loop().time
-        started = clock()
+        self._started = asyncio.get_running_loop().time()
         while True:
-            # linger: the next read starts at least ``linger_s`` after the previous one did, so
-            # what arrives meanwhile comes back in one round; a read that blocked (idle) was
-            # started long ago, so the next one goes at once
-            pause = started + self.linger_s - clock()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            streams = {wake: self._wake_cursor}
-            for key, sub in self._subs.items():
-                streams[key] = sub.cursor
-            started = clock()
-            try:
-                reply = await self._reads.xread(streams, count=self.count, block_ms=self.block_ms)
-            except REDIS_ERRORS as exc:
-                self.health.failed(exc)
-                log.warning("stream read failed (%s); retrying", type(exc).__name__)
+            await self._read_once(backoff)
+
+    def _streams(self) -> dict[bytes, bytes]:
+        """What the next read names: the wake stream and every subscription, at their cursors."""
+        streams = {self.wake_key.encode(): self._wake_cursor}
+        for key, sub in self._subs.items():
+            streams[key] = sub.cursor
+        return streams
+
+    async def _read_once(self, backoff: Backoff) -> None:
+        """One read: linger, read every stream (blocking while nothing is there), deliver."""
+        clock = asyncio.get_running_loop().time
+        # linger: the next read starts at least ``linger_s`` after the previous one did, so
+        # what arrives meanwhile comes back in one round; a read that blocked (idle) was
+        # started long ago, so the next one goes at once
+        pause = self._started + self.linger_s - clock()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        streams = self._streams()
+        self._started = clock()
+        try:
+            reply = await self._reads.xread(streams, count=self.count, block_ms=self.block_ms)
+        except REDIS_ERRORS as exc:
+            self.health.failed(exc)
+            log.warning("stream read failed (%s); retrying", type(exc).__name__)
+            await backoff.wait()
+            return
+        except ResponseError as exc:
+            log.error("stream read rejected by Redis: %s", exc)
+            if not await self._isolate(streams):
                 await backoff.wait()
+            return
+        backoff.reset()
+        self.health.ok()
+        self._deliver(reply)
+
+    def _deliver(self, reply: list[tuple[bytes, Entries]]) -> bool:
+        """Hand each stream's entries to its consumer, in order; True if a subscribed stream
+        (not the wake stream) had entries."""
+        wake = self.wake_key.encode()
+        delivered = False
+        for stream, entries in reply:
+            if not entries:
                 continue
-            except ResponseError as exc:
-                log.error("stream read rejected by Redis: %s", exc)
-                if not await self._isolate(streams):
-                    await backoff.wait()
+            if stream == wake:
+                self._wake_cursor = entries[-1][0]
                 continue
-            backoff.reset()
-            self.health.ok()
-            for stream, entries in reply:
-                if not entries:
-                    continue
-                if stream == wake:
-                    self._wake_cursor = entries[-1][0]
-                    continue
-                subscription = self._subs.get(stream)
-                if subscription is None:
-                    continue
-                subscription.cursor = entries[-1][0]
-                try:
-                    subscription.consumer(entries)
-                except Exception:
-                    log.exception("session consumer failed on %d entries; skipped", len(entries))
+            subscription = self._subs.get(stream)
+            if subscription is None:
+                continue
+            delivered = True
+            subscription.cursor = entries[-1][0]
+            try:
+                subscription.consumer(entries)
+            except Exception:
+                log.exception("session consumer failed on %d entries; skipped", len(entries))
+        return delivered
 
     async def _isolate(self, streams: dict[bytes, bytes]) -> bool:
         """The shared read was rejected: find the streams Redis rejects on their own (one

@@ -52,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"measured seconds per setup and load (default {DEFAULT_SECONDS:g})",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each load N times (round after round) and show the run with the median "
+        "whole-path CPU ratio per load (a shared host's slow spells vary runs by 20-30 %%)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run: {QUICK_SESSIONS} sessions x {QUICK_SECONDS:g} s, 1 s warm-up, "
@@ -75,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.shards is not None:
-        if args.sweep is not None or args.quick:
-            parser.error("--shards runs one load: use --sessions, not --sweep or --quick")
+        if args.sweep is not None or args.quick or args.repeat != 1:
+            parser.error("--shards runs one load: use --sessions, not --sweep, --quick or --repeat")
         if args.shards < 2 or args.replicas < 0:
             parser.error(
                 f"--shards {args.shards} --replicas {args.replicas}: expected at least 2 "
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         chosen = [QUICK_SESSIONS] if args.quick else list(sweep.DEFAULT_LOADS)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: expected 1 or more")
     if min(chosen) < 1 or seconds <= 0:
         parser.error(f"sessions {chosen} / --seconds {seconds}: expected positive numbers")
     out = Path(args.out)
@@ -107,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["audio"] = audio.run()
     warmup_s = 1.0 if args.quick else 2.0
-    if len(chosen) == 1:
+    if len(chosen) == 1 and args.repeat == 1:
         one = runtime.run(sessions=chosen[0], seconds=seconds, warmup_s=warmup_s)
         results["runtime"] = one
         results["sweep"] = [one]
     else:
-        results["sweep"] = sweep.run(chosen, seconds=seconds, warmup_s=warmup_s)
+        results["sweep"] = sweep.run(chosen, seconds=seconds, warmup_s=warmup_s, repeat=args.repeat)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults written to {out}")

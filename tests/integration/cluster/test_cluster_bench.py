@@ -71,6 +71,7 @@ def test_the_shards_comparison_runs_one_redis_and_a_cluster_like_for_like(
         (["--shards", "1"], "--shards 1 --replicas 0: expected at least 2 shards"),
         (["--replicas", "1"], "--replicas goes with --shards"),
         (["--shards", "3", "--sweep", "2,4"], "--shards runs one load"),
+        (["--shards", "3", "--repeat", "2"], "--shards runs one load"),
     ],
 )
 def test_the_shards_options_are_checked(

@@ -66,13 +66,13 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return runs[0]
 
     def ratio(result: dict[str, Any]) -> float:
-        value = result["summary"]["distributed_cpu_ratio"]
+        value = result["summary"]["distributed_to_client"]
         return float("inf") if value is None else float(value)
 
     ranked = sorted(runs, key=ratio)
     chosen = dict(ranked[(len(ranked) - 1) // 2])
     keys = (
-        "distributed_cpu_ratio",
+        "distributed_to_client",
         "worker_to_client",
         "redis_ms",
         "added_in_p99_ms",

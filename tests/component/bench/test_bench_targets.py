@@ -37,14 +37,14 @@ def test_parse_loads() -> None:
 
 def _run(ratio: float | None, tag: str) -> dict[str, object]:
     keys = ("worker_to_client", "redis_ms", "added_in_p99_ms", "added_out_p99_ms")
-    return {"tag": tag, "summary": {"distributed_cpu_ratio": ratio, **dict.fromkeys(keys, 1.0)}}
+    return {"tag": tag, "summary": {"distributed_to_client": ratio, **dict.fromkeys(keys, 1.0)}}
 
 
 def test_repeated_runs_show_the_median_run_whole() -> None:
     runs = [_run(3.0, "slow"), _run(2.1, "fast"), _run(2.4, "middle")]
     chosen = sweep.median_run(runs)
     assert chosen["tag"] == "middle"
-    assert [r["distributed_cpu_ratio"] for r in chosen["repeats"]] == [3.0, 2.1, 2.4]
+    assert [r["distributed_to_client"] for r in chosen["repeats"]] == [3.0, 2.1, 2.4]
     # an even count takes the lower middle; a run without the ratio ranks last
     assert sweep.median_run([_run(None, "broken"), _run(2.0, "a")])["tag"] == "a"
     assert "repeats" not in runs[0] and sweep.median_run([runs[0]]) is runs[0]

@@ -52,9 +52,9 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -77,7 +77,17 @@ from redisio.settings import redact_url
 
 from . import redis_nodes
 
-__all__ = ["Targets", "callers_cpu", "distributed", "run", "run_async", "start_simulator"]
+__all__ = [
+    "Targets",
+    "callers_cpu",
+    "distributed",
+    "in_fresh_loop",
+    "run",
+    "run_async",
+    "start_simulator",
+]
+
+T = TypeVar("T")
 
 FRAME_MS = 20
 SAMPLE_RATE = 24000
@@ -1182,16 +1192,20 @@ def verdict(check: dict[str, Any]) -> str:
     return "PASS" if check["pass"] else "MISS"
 
 
-def run(*, sessions: int = 200, seconds: float = 20.0, warmup_s: float = 2.0) -> dict[str, Any]:
-    """Run the benchmark in a fresh event loop (uvloop when installed, like the worker and the
-    simulator), print the table and return the results."""
-    main = run_async(sessions=sessions, seconds=seconds, warmup_s=warmup_s)
+def in_fresh_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` in a fresh event loop: uvloop when installed, like the worker and the
+    simulator."""
     try:
         import uvloop
     except ImportError:
-        result = asyncio.run(main)
-    else:
-        result = uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run(*, sessions: int = 200, seconds: float = 20.0, warmup_s: float = 2.0) -> dict[str, Any]:
+    """Run the benchmark in a fresh event loop (:func:`in_fresh_loop`), print the table and
+    return the results."""
+    result = in_fresh_loop(run_async(sessions=sessions, seconds=seconds, warmup_s=warmup_s))
     print_table(result)
     return result
 

@@ -201,12 +201,6 @@ def print_table(result: dict[str, Any]) -> None:
 
 def run(**options: Any) -> dict[str, Any]:
     """:func:`run_async` in a fresh event loop (uvloop when installed); prints the table."""
-    main = run_async(**options)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(main)
-    else:
-        result = uvloop.run(main)
+    result = runtime.in_fresh_loop(run_async(**options))
     print_table(result)
     return result

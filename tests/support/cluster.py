@@ -1,12 +1,6 @@
-"""A throw-away Redis Cluster on loopback ports and single-node servers (the queue Redis), with
-every wait scaled to the test suite (``VOICEGRID_TEST_TIME_SCALE``): ``bench.local_redis``'s
-servers, which the benchmark's ``--shards`` comparison starts too.
-
-``LocalCluster(directory).start()`` starts ``primaries`` primaries with ``replicas`` replicas
-each (``--cluster-enabled yes``, no persistence, ``cluster-node-timeout`` small so a replica
-takes over within a few seconds), joins them with ``redis-cli --cluster create``, and waits until
-every node reports ``cluster_state:ok`` and every replica is in sync; ``stop()`` kills them all.
-"""
+"""``bench.local_redis``'s throw-away Redis servers (a cluster, single nodes, replicas and
+Sentinels on loopback ports) with every wait scaled to the test suite
+(``VOICEGRID_TEST_TIME_SCALE``)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,8 +25,8 @@ from redisio.settings import CommonSettings
 
 from ...support.cluster import ReplicatedRedis
 from ...support.timing import scaled
-from ..runtime.conftest import Caller, Timeline, WorkerProcess, frames_seen, worker_env
-from .test_cluster_sessions import config_for
+from ..runtime.conftest import Caller, Timeline, WorkerProcess, worker_env
+from .test_cluster_sessions import config_for, frames_of
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -41,14 +40,6 @@ def sentinel_redis(tmp_path: Path) -> Iterator[ReplicatedRedis]:
     redis = ReplicatedRedis(servers, replicas=1, sentinels=1, service="vgtest").start()
     yield redis
     redis.stop()
-
-
-def _frames_of(sim: Any, marker: str) -> list[int]:
-    seqs: list[int] = []
-    for conn in sim.connections:
-        if any(marker in str(frame.get("session", {})) for frame in conn.received):
-            seqs += frames_seen(conn.audio_in)
-    return seqs
 
 
 async def test_a_session_survives_a_sentinel_failover_of_its_redis(
@@ -99,7 +90,7 @@ async def test_a_session_survives_a_sentinel_failover_of_its_redis(
                     await asyncio.sleep(0.1)
             promoted_at = time.monotonic()
             await sim.wait_for(
-                lambda s: max(_frames_of(s, marker), default=-1) >= sent_at_kill + 5,
+                lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
                 timeout=scaled(30),
             )
             flowing_at = time.monotonic()
@@ -108,7 +99,7 @@ async def test_a_session_survives_a_sentinel_failover_of_its_redis(
             await call.stop()
             sent = call.sent
             await asyncio.sleep(scaled(1))
-            lost = sorted(set(range(sent)) - set(_frames_of(sim, marker)))
+            lost = sorted(set(range(sent)) - set(frames_of(sim, marker)))
             takeover = timeline.first("reconnected", after=killed_at)
             print(
                 f"\nSentinel failover: replica promoted {promoted_at - killed_at:.2f}s after "

@@ -660,39 +660,50 @@ class _NodePoller:
             lane.released.set()
 
     async def _rounds(self) -> None:
-        while True:
-            if not self.lanes:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            lanes = list(self.lanes.items())
-            commands = [lane.poll_command() for _, lane in lanes]
-            try:
-                replies = await self.router.call_node(self.node, commands)
-            except _FAILED:
-                await self.router.topology.refresh()
-                for tag, lane in lanes:
-                    lane.routed = True  # its own read meets the error and backs off
-                    self.leave(tag)
-                continue
-            for (tag, lane), reply in zip(lanes, replies, strict=True):
-                if self.lanes.get(tag) is not lane:
-                    continue  # left meanwhile
-                if isinstance(reply, BaseException):
-                    lane.routed = True
-                    self.leave(tag)
+        try:
+            while True:
+                if not self.lanes:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
                     continue
+                await self._round(list(self.lanes.items()))
+        finally:
+            # however the poller ends (closed, or a bug), no lane waits for it
+            for tag in list(self.lanes):
+                self.leave(tag)
+
+    async def _round(self, lanes: list[tuple[str, _BucketReader]]) -> None:
+        commands = [lane.poll_command() for _, lane in lanes]
+        try:
+            replies = await self.router.call_node(self.node, commands)
+        except _FAILED:
+            await self.router.topology.refresh()
+            for tag, lane in lanes:
+                lane.routed = True  # its own read meets the error and backs off
+                self.leave(tag)
+            return
+        for (tag, lane), reply in zip(lanes, replies, strict=True):
+            if self.lanes.get(tag) is not lane:
+                continue  # left meanwhile
+            if isinstance(reply, BaseException):
+                lane.routed = True
+                self.leave(tag)
+                continue
+            try:
                 lane.reads.saw(lane.deliver(_stream_reply(reply)))
-                if not lane.reads.busy:
-                    self.leave(tag)  # quiet: the lane blocks on its own connection
+            except Exception:
+                log.exception("bucket %s: unreadable poll reply; the lane reads it itself", tag)
+                lane.routed = True
+                self.leave(tag)
+                continue
+            if not lane.reads.busy:
+                self.leave(tag)  # quiet: the lane blocks on its own connection
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for tag in list(self.lanes):
-            self.leave(tag)
 
 
 class ShardedReader(_Lanes):

@@ -130,3 +130,59 @@ def test_hash_tags_are_read_as_redis_cluster_reads_them() -> None:
     assert hash_tag("ns:{vg3-50}:sid:in") == "vg3-50"
     assert hash_tag(b"ns:{a}") == "a"
     assert hash_tag("ns:{}:x") == "" and hash_tag("plain") == ""
+
+
+class _Lane:
+    """What a node poller sees of a reader lane."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.routed = False
+        self.delivered: list[Any] = []
+        self.reads = SimpleNamespace(busy=True, saw=self._saw)
+
+    def _saw(self, entries: bool) -> None:
+        self.reads.busy = entries
+
+    def poll_command(self) -> tuple[Any, ...]:
+        return ("XREAD", "COUNT", 10, "STREAMS", b"s", b"0-0")
+
+    def deliver(self, reply: list[Any]) -> bool:
+        self.delivered.append(reply)
+        return bool(reply)
+
+
+class _PollRouter:
+    def __init__(self, replies: list[Any]) -> None:
+        self.replies = replies
+        self.topology = FakeTopology(["n1"])
+
+    async def call_node(self, node: Any, commands: list[Any]) -> list[Any]:
+        reply = self.replies.pop(0)
+        if reply == "hang":
+            await asyncio.Event().wait()
+        return [reply for _ in commands]
+
+
+async def test_a_node_poller_delivers_then_hands_quiet_or_unreadable_buckets_back() -> None:
+    from redisio.cluster import _NodePoller
+
+    entries = [[b"s", [[b"1-0", [b"k", b"a"]]]]]
+    router = _PollRouter([entries, [], b"not an XREAD reply", "hang"])
+    poller = _NodePoller(router, SimpleNamespace(name="n1"))  # type: ignore[arg-type]
+    quiet, broken = _Lane(), _Lane()
+    poller.join("a", quiet)  # type: ignore[arg-type]
+    await asyncio.wait_for(quiet.released.wait(), 1)
+    # one round delivered its entries, the next found none: quiet, back to blocking on its own
+    assert quiet.delivered == [[(b"s", [(b"1-0", {b"k": b"a"})])], []]
+    assert not quiet.routed and "a" not in poller.lanes
+    # a reply that is not what XREAD answers does not stop the poller: the lane reads it itself
+    poller.join("b", broken)  # type: ignore[arg-type]
+    await asyncio.wait_for(broken.released.wait(), 1)
+    assert broken.routed and broken.delivered == []
+    # a lane parked in a round that never answers is released when the poller is closed
+    stuck = _Lane()
+    poller.join("c", stuck)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(poller.close(), 1)
+    assert stuck.released.is_set()

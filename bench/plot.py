@@ -43,10 +43,11 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> Path:
     first = ordered[0]
     other = max(float(r["summary"]["other_load_cores"]) for r in ordered)
     fig, (cpu, lat) = plt.subplots(1, 2, figsize=(13, 6.4), dpi=110, layout="constrained")
+    runs = f", median of {len(first['repeats'])} runs" if "repeats" in first else ""
     fig.suptitle(
-        f"voicegrid runtime: cost as load grows ({first['seconds']:g} s per setup and load, "
-        f"{first['cpu_count']} CPUs, {first['redis']}; other load on the machine up to "
-        f"{other:.2f} cores)",
+        f"voicegrid runtime: cost as load grows ({first['seconds']:g} s per setup and load{runs})"
+        f"\n{first['cpu_count']} CPUs, {first['redis']}; other load on the machine up to "
+        f"{other:.2f} cores",
         fontsize=11,
     )
 

@@ -77,14 +77,15 @@ class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 (``scale`` multiplies every wait)."""
 
     def __init__(self, directory: Path, port: int, *extra: str, scale: float = 1.0) -> None:
+        log = directory / f"redis-{port}.log"
+        command = redis_server_command(port, directory, "--logfile", str(log), *extra)
+        self._spawn(port, log, command, scale)
+
+    def _spawn(self, port: int, log: Path, command: list[str], scale: float) -> None:
         self.port = port
         self.scale = scale
-        self.log = directory / f"redis-{port}.log"
-        self.proc = subprocess.Popen(
-            redis_server_command(port, directory, "--logfile", str(self.log), *extra),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        self.log = log
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     @property
     def url(self) -> str:
@@ -271,32 +272,16 @@ class SentinelServer(RedisServer):
         failover_timeout_ms: int = 5000,
         scale: float = 1.0,
     ) -> None:
-        self.port = port
-        self.scale = scale
-        self.log = directory / f"sentinel-{port}.log"
+        log = directory / f"sentinel-{port}.log"
         conf = directory / f"sentinel-{port}.conf"  # Sentinel rewrites it with what it learns
         conf.write_text(
             f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
             f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
         )
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                str(conf),
-                "--sentinel",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(directory),
-                "--logfile",
-                str(self.log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        command = ["redis-server", str(conf), "--sentinel", "--port", str(port)]
+        command += ["--bind", "127.0.0.1", "--dir", str(directory), "--logfile", str(log)]
+        self._spawn(port, log, command, scale)
 
 
 class ReplicatedRedis:

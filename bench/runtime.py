@@ -52,9 +52,9 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -74,6 +74,7 @@ from protocol import (
 from providers import create_client
 from providers.simulator.model import reply_audio_ms
 from redisio.settings import redact_url
+from voicegrid.runloop import run_main
 
 from . import redis_nodes
 
@@ -81,13 +82,11 @@ __all__ = [
     "Targets",
     "callers_cpu",
     "distributed",
-    "in_fresh_loop",
     "run",
     "run_async",
     "start_simulator",
 ]
 
-T = TypeVar("T")
 
 FRAME_MS = 20
 SAMPLE_RATE = 24000
@@ -1192,20 +1191,10 @@ def verdict(check: dict[str, Any]) -> str:
     return "PASS" if check["pass"] else "MISS"
 
 
-def in_fresh_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` in a fresh event loop: uvloop when installed, like the worker and the
-    simulator."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def run(*, sessions: int = 200, seconds: float = 20.0, warmup_s: float = 2.0) -> dict[str, Any]:
-    """Run the benchmark in a fresh event loop (:func:`in_fresh_loop`), print the table and
-    return the results."""
-    result = in_fresh_loop(run_async(sessions=sessions, seconds=seconds, warmup_s=warmup_s))
+    """Run the benchmark in a fresh event loop (uvloop when installed, like the worker and the
+    simulator: ``voicegrid.runloop.run_main``), print the table and return the results."""
+    result = run_main(run_async(sessions=sessions, seconds=seconds, warmup_s=warmup_s))
     print_table(result)
     return result
 

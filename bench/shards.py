@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import RuntimeFailure
+from voicegrid.runloop import run_main
 
 from . import runtime
 from .local_redis import (
@@ -201,6 +202,6 @@ def print_table(result: dict[str, Any]) -> None:
 
 def run(**options: Any) -> dict[str, Any]:
     """:func:`run_async` in a fresh event loop (uvloop when installed); prints the table."""
-    result = runtime.in_fresh_loop(run_async(**options))
+    result = run_main(run_async(**options))
     print_table(result)
     return result

@@ -107,6 +107,7 @@ class StreamReader:
         self.linger_s = linger_s
         # a cluster bucket's reader (redisio.cluster) brings a wake key in its slot and its reads
         self.wake_key = wake_key or keys.wake(uuid.uuid4().hex)
+        self._wake_stream = self.wake_key.encode()
         self._wake_cursor = b"0-0"
         self._subs: dict[bytes, _Subscription] = {}
         self._reads: StreamLink = reads or PumpConnection(redis)
@@ -161,7 +162,7 @@ class StreamReader:
 
     def _streams(self) -> dict[bytes, bytes]:
         """What the next read names: the wake stream and every subscription, at their cursors."""
-        streams = {self.wake_key.encode(): self._wake_cursor}
+        streams = {self._wake_stream: self._wake_cursor}
         for key, sub in self._subs.items():
             streams[key] = sub.cursor
         return streams
@@ -196,7 +197,7 @@ class StreamReader:
     def _deliver(self, reply: list[tuple[bytes, Entries]]) -> bool:
         """Hand each stream's entries to its consumer, in order; True if a subscribed stream
         (not the wake stream) had entries."""
-        wake = self.wake_key.encode()
+        wake = self._wake_stream
         delivered = False
         for stream, entries in reply:
             if not entries:
@@ -231,7 +232,7 @@ class StreamReader:
             if not isinstance(reply, ResponseError):
                 continue
             found = True
-            if key == self.wake_key.encode():
+            if key == self._wake_stream:
                 log.error("wake stream %s rejected by Redis (%s); starting it afresh", key, reply)
                 self._wake_cursor = b"0-0"
                 with contextlib.suppress(*REDIS_ERRORS, ResponseError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import sys
@@ -24,8 +25,11 @@ from ingress.settings import GatewaySettings
 from protocol import RealtimeToolResponse, ToolCallEvent, TranscriptEvent, VoicegridError
 
 from .demo import DEFAULT_MODELS, _distributed, _provider_endpoint, demo_config, lookup_weather
+from .runloop import stop_on_signals
 
 __all__ = ["BrowserDemo", "browser_demo", "run_browser"]
+
+log = logging.getLogger("voicegrid.demo")
 
 #: The printed link stays usable this long (a person opens it by hand; a phone gets 60 s).
 LINK_TTL_S = 600.0
@@ -117,11 +121,7 @@ async def _main(args: argparse.Namespace) -> int:
         print("  open this link within 10 minutes (it works once; Ctrl-C ends the demo):")
         print(f"\n    {demo.page_url()}\n", flush=True)
         stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError):
-            import signal
-
-            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        stop_on_signals(stop, log)
         await stop.wait()
     return 0
 

@@ -13,19 +13,20 @@ import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["run_main", "stop_on_signals"]
 
+T = TypeVar("T")
 
-def run_main(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` to completion in a new event loop (uvloop when installed)."""
+
+def run_main(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to completion in a new event loop (uvloop when installed); its result."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def stop_on_signals(stop: asyncio.Event, log: logging.Logger) -> None:

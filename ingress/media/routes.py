@@ -78,6 +78,16 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
+def _media_disabled(connection: ServerConnection) -> Response:
+    """The refusal of every media route while no media token secret is set."""
+    return refuse(
+        connection,
+        503,
+        "unauthorized",
+        "media legs are disabled: set VOICEGRID_MEDIA_TOKEN_SECRET on the gateway",
+    )
+
+
 class MediaRouter:
     """Media legs of one gateway (see the module docstring)."""
 
@@ -126,12 +136,7 @@ class MediaRouter:
             return refuse(connection, 503, "full", "gateway is full; retry")
         settings = self.gateway.settings
         if not settings.media_token_secret:
-            return refuse(
-                connection,
-                503,
-                "unauthorized",
-                "media legs are disabled: set VOICEGRID_MEDIA_TOKEN_SECRET on the gateway",
-            )
+            return _media_disabled(connection)
         try:
             query = parse_qs(parts.query, keep_blank_values=True)
         except ValueError:
@@ -213,12 +218,7 @@ class MediaRouter:
             )
             return refuse(connection, 401 if token else 503, "unauthorized", why)
         if not gateway.settings.media_token_secret:
-            return refuse(
-                connection,
-                503,
-                "unauthorized",
-                "media legs are disabled: set VOICEGRID_MEDIA_TOKEN_SECRET on the gateway",
-            )
+            return _media_disabled(connection)
         try:
             session_id = validate_session_id(raw_sid)
             await gateway.session_identity(session_id)

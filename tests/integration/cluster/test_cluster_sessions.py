@@ -47,6 +47,31 @@ def frames_of(sim: Any, marker: str) -> list[int]:
     return seqs
 
 
+async def flowing_again(
+    sim: Any,
+    timeline: Timeline,
+    marker: str,
+    *,
+    sent_at_kill: int,
+    promoted_at: float,
+    within: float,
+) -> tuple[float, float]:
+    """After a Redis failover: when caller audio reached the provider again (5 frames past
+    ``sent_at_kill``) and when the caller heard model audio again (monotonic times)."""
+    await sim.wait_for(
+        lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
+        timeout=scaled(within),
+    )
+    flowing_at = time.monotonic()
+    audio_at, _ = await timeline.wait("audio", after=promoted_at, within=within)
+    return flowing_at, audio_at
+
+
+def lost_frames(sim: Any, marker: str, sent: int) -> list[int]:
+    """The caller frames of ``marker``'s session that no provider connection received."""
+    return sorted(set(range(sent)) - set(frames_of(sim, marker)))
+
+
 #: docs/operations.md (A worker crashes): lease TTL + a reaper interval + the provider reconnect.
 TAKEOVER_PROMISE_S = 5.0
 
@@ -246,12 +271,9 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
         bystander_during = len(frames_of(sim, bystander_marker)) - bystander_at_kill
         due = (promoted_at - killed_at) / 0.02
         # caller audio flows again once the ingress and the worker reach the new primary
-        await sim.wait_for(
-            lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
-            timeout=scaled(20),
+        flowing_at, audio_at = await flowing_again(
+            sim, timeline, marker, sent_at_kill=sent_at_kill, promoted_at=promoted_at, within=20
         )
-        flowing_at = time.monotonic()
-        audio_at, _ = await timeline.wait("audio", after=promoted_at, within=20)
         await asyncio.sleep(1.0)
         await call.stop()
         await bystander_call.stop()
@@ -260,7 +282,7 @@ async def test_a_primary_killed_mid_call_fails_over_to_its_replica(
         # what the failover lost: caller frames Redis acknowledged that no provider got, and
         # model audio the provider sent that never reached the caller (async replication)
         await asyncio.sleep(scaled(2))
-        lost = sorted(set(range(sent)) - set(frames_of(sim, marker)))
+        lost = lost_frames(sim, marker, sent)
         deltas = sum(
             1
             for conn in sim.connections

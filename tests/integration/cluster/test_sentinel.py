@@ -26,7 +26,7 @@ from redisio.settings import CommonSettings
 from ...support.cluster import ReplicatedRedis
 from ...support.timing import scaled
 from ..runtime.conftest import Caller, Timeline, WorkerProcess, worker_env
-from .test_cluster_sessions import config_for, frames_of
+from .test_cluster_sessions import config_for, flowing_again, lost_frames
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -89,17 +89,14 @@ async def test_a_session_survives_a_sentinel_failover_of_its_redis(
                         pass
                     await asyncio.sleep(0.1)
             promoted_at = time.monotonic()
-            await sim.wait_for(
-                lambda s: max(frames_of(s, marker), default=-1) >= sent_at_kill + 5,
-                timeout=scaled(30),
+            flowing_at, audio_at = await flowing_again(
+                sim, timeline, marker, sent_at_kill=sent_at_kill, promoted_at=promoted_at, within=30
             )
-            flowing_at = time.monotonic()
-            audio_at, _ = await timeline.wait("audio", after=promoted_at, within=30)
             await asyncio.sleep(1.0)
             await call.stop()
             sent = call.sent
             await asyncio.sleep(scaled(1))
-            lost = sorted(set(range(sent)) - set(frames_of(sim, marker)))
+            lost = lost_frames(sim, marker, sent)
             takeover = timeline.first("reconnected", after=killed_at)
             print(
                 f"\nSentinel failover: replica promoted {promoted_at - killed_at:.2f}s after "

@@ -3,7 +3,9 @@
 By default the runtime benchmark sweeps 20, 50, 100 and 200 sessions (10 s each);
 ``--sweep`` names other loads, ``--sessions N`` runs one load, ``--quick`` is a smoke run.
 ``--shards P`` compares one Redis with a local Redis Cluster of P primaries instead (one load,
-``--sessions``, default 100; ``--replicas R`` per primary on both sides).
+``--sessions``, default 100; ``--replicas R`` per primary on both sides). ``--lingers 2,5,10``
+compares pump lingers (``VOICEGRID_BATCH_LINGER_MS``) at one load (``--sessions``, default 50),
+alternating them round after round (``--repeat``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import audio, runtime, shards, sweep
+from bench import audio, lingers, runtime, shards, sweep
 
 #: ``--quick``: a smoke run of the runtime benchmark (well under a minute).
 QUICK_SESSIONS = 20
@@ -81,7 +83,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="R",
         help="with --shards: replicas per primary, on both sides (default 0)",
     )
+    parser.add_argument(
+        "--lingers",
+        default=None,
+        metavar="MS,MS,...",
+        help="compare these pump lingers (VOICEGRID_BATCH_LINGER_MS, worker and ingress) at one "
+        f"load, --sessions (default {lingers.DEFAULT_SESSIONS}), alternating them in each of "
+        "--repeat rounds",
+    )
     args = parser.parse_args(argv)
+    if args.lingers is not None:
+        if args.shards is not None or args.sweep is not None or args.quick or args.replicas:
+            parser.error(
+                "--lingers runs one load: use --sessions, not --shards, --sweep or --quick"
+            )
+        try:
+            chosen_lingers = lingers.parse_lingers(args.lingers)
+        except ValueError as exc:
+            parser.error(f"--lingers {args.lingers}: {exc}")
+        return _lingers(args, chosen_lingers)
     if args.shards is not None:
         if args.sweep is not None or args.quick or args.repeat != 1:
             parser.error("--shards runs one load: use --sessions, not --sweep, --quick or --repeat")
@@ -140,17 +160,35 @@ def _shards(args: argparse.Namespace) -> int:
     result = shards.run(
         sessions=sessions, seconds=seconds, warmup_s=2.0, shards=args.shards, replicas=args.replicas
     )
-    out = Path(args.out)
+    _write(Path(args.out), {"shards": result})
+    return 0
+
+
+def _lingers(args: argparse.Namespace, chosen: list[float]) -> int:
+    sessions = args.sessions or lingers.DEFAULT_SESSIONS
+    seconds = args.seconds or DEFAULT_SECONDS
+    if sessions < 1 or seconds <= 0 or args.repeat < 1:
+        raise SystemExit(
+            f"--sessions {sessions} / --seconds {seconds} / --repeat {args.repeat}: expected "
+            "positive numbers"
+        )
+    result = lingers.run(
+        lingers=chosen, sessions=sessions, seconds=seconds, warmup_s=2.0, repeat=args.repeat
+    )
+    _write(Path(args.out), {"lingers": result})
+    return 0
+
+
+def _write(out: Path, body: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "shards": result,
+        **body,
     }
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults written to {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -117,12 +117,12 @@ async def run_async(
     with tempfile.TemporaryDirectory(prefix="voicegrid-lingers-") as tmp:
         logs = Path(tmp)
         async with asyncio.timeout(budget), contextlib.AsyncExitStack() as stack:
-            redis_url, redis_desc = await stack.enter_async_context(runtime._redis(logs))
+            redis_url, redis_desc = await stack.enter_async_context(runtime.bench_redis(logs))
             sim, sim_url = await runtime.start_simulator(stack, logs)
             driver_cpu = await runtime.callers_cpu(sessions, seconds)
             for round_ in range(repeat):
                 print(f"\n=== round {round_ + 1}/{repeat}: in-process baseline", flush=True)
-                baseline = await runtime._baseline(
+                baseline = await runtime.baseline(
                     sim_url, sim.pid, sessions, seconds, warmup_s, driver_cpu
                 )
                 shift = round_ % len(lingers)
@@ -144,7 +144,7 @@ async def run_async(
                         "baseline": baseline,
                         "distributed": distributed,
                     }
-                    runtime._compare(result, targets)
+                    runtime.compare(result, targets)
                     runs[ms].append(result)
     return {
         "sessions": sessions,

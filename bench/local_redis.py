@@ -211,10 +211,9 @@ class LocalCluster:
         while True:
             live = [n for n in self.nodes if n.alive()]
             states = [n.cluster_info().get("cluster_state") for n in live]
+            replication = [n.info("replication") for n in live]
             links = [
-                n.info("replication").get("master_link_status", "up")
-                for n in live
-                if n.info("replication").get("role") == "slave"
+                r.get("master_link_status", "up") for r in replication if r.get("role") == "slave"
             ]
             if all(s == "ok" for s in states) and all(link == "up" for link in links):
                 return

@@ -456,10 +456,11 @@ class ClusterRouter:
 
     async def call_node(self, node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
         """Each command's reply (or error reply) on ``node``, no redirection followed; a
-        connection error raises and refreshes the slot map."""
+        connection error or a reply that does not come in time raises and refreshes the slot
+        map."""
         try:
             return await self._mux(node).call(commands)
-        except REDIS_ERRORS:
+        except _FAILED:
             await self.topology.refresh()
             raise
 
@@ -521,6 +522,11 @@ class SlotPipe:
         return None
 
 
+def _poll_command(streams: dict[bytes, bytes], count: int) -> Command:
+    """A non-blocking ``XREAD`` of ``streams`` at their cursors."""
+    return ("XREAD", "COUNT", count, "STREAMS", *streams.keys(), *streams.values())
+
+
 class BucketReads:
     """A reader lane's :class:`~redisio.connection.StreamLink`: while its bucket has entries (or
     had one within :data:`QUIET_S`) it reads without blocking through the node's mux (one round
@@ -563,8 +569,7 @@ class BucketReads:
         self.busy = now - self._last_entry < QUIET_S
 
     async def _poll(self, streams: dict[bytes, bytes], count: int) -> list[tuple[bytes, Entries]]:
-        command = ("XREAD", "COUNT", count, "STREAMS", *streams.keys(), *streams.values())
-        (reply,) = await self.router.call(self.slot, [command])
+        (reply,) = await self.router.call(self.slot, [_poll_command(streams, count)])
         if isinstance(reply, BaseException):
             raise reply
         return _stream_reply(reply)
@@ -675,29 +680,31 @@ class _NodePoller:
     async def _round(self, lanes: list[tuple[str, _BucketReader]]) -> None:
         commands = [lane.poll_command() for _, lane in lanes]
         try:
-            replies = await self.router.call_node(self.node, commands)
+            replies = await self.router.call_node(self.node, commands)  # refreshes on failure
         except _FAILED:
-            await self.router.topology.refresh()
             for tag, lane in lanes:
-                lane.routed = True  # its own read meets the error and backs off
-                self.leave(tag)
+                self._hand_back(tag, lane)  # its own read meets the error and backs off
             return
         for (tag, lane), reply in zip(lanes, replies, strict=True):
             if self.lanes.get(tag) is not lane:
                 continue  # left meanwhile
             if isinstance(reply, BaseException):
-                lane.routed = True
-                self.leave(tag)
+                self._hand_back(tag, lane)
                 continue
             try:
                 lane.reads.saw(lane.deliver(_stream_reply(reply)))
             except Exception:
                 log.exception("bucket %s: unreadable poll reply; the lane reads it itself", tag)
-                lane.routed = True
-                self.leave(tag)
+                self._hand_back(tag, lane)
                 continue
             if not lane.reads.busy:
                 self.leave(tag)  # quiet: the lane blocks on its own connection
+
+    def _hand_back(self, tag: str, lane: _BucketReader) -> None:
+        """The lane's next read is its own, through the router (which follows redirections,
+        waits out ``TRYAGAIN``, isolates a refused stream or backs off)."""
+        lane.routed = True
+        self.leave(tag)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -807,8 +814,7 @@ class _BucketReader(StreamReader):
         self.routed = False
 
     def poll_command(self) -> Command:
-        streams = self._streams()
-        return ("XREAD", "COUNT", self.count, "STREAMS", *streams.keys(), *streams.values())
+        return _poll_command(self._streams(), self.count)
 
     def deliver(self, reply: list[tuple[bytes, Entries]]) -> bool:
         self.health.ok()

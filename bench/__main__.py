@@ -5,7 +5,8 @@ By default the runtime benchmark sweeps 20, 50, 100 and 200 sessions (10 s each)
 ``--shards P`` compares one Redis with a local Redis Cluster of P primaries instead (one load,
 ``--sessions``, default 100; ``--replicas R`` per primary on both sides). ``--lingers 2,5,10``
 compares pump lingers (``VOICEGRID_BATCH_LINGER_MS``) at one load (``--sessions``, default 50),
-alternating them round after round (``--repeat``).
+alternating them round after round (``--repeat``), and splits each cost into a per-frame and a
+per-round part.
 """
 
 from __future__ import annotations

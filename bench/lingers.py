@@ -9,6 +9,12 @@ distributed run is compared with its own round's baseline (``bench.runtime``'s s
 9's verdicts), and the table shows, per linger, the median over the rounds of each number: this
 host's speed drifts by 20-30 % within minutes, and alternating is what makes the lingers
 comparable.
+
+It also splits each cost in two with a least-squares fit over every run of every nonzero linger,
+``cost = per_frame + per_round / linger``: below saturation a pump goes round once per linger,
+so the ``per_round / linger`` part is what batching can still take away, and ``per_frame`` (the
+fit at an endless linger) is what each frame costs however it is batched. A target below the
+``per_frame`` floor cannot be met by any linger.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ from voicegrid.runloop import run_main
 
 from . import runtime
 
-__all__ = ["DEFAULT_SESSIONS", "parse_lingers", "print_table", "run", "run_async", "summarize"]
+__all__ = [
+    "DEFAULT_SESSIONS",
+    "fit_rounds",
+    "parse_lingers",
+    "print_table",
+    "run",
+    "run_async",
+    "summarize",
+]
 
 DEFAULT_SESSIONS = 50
 #: What ``VOICEGRID_BATCH_LINGER_MS`` accepts (``redisio.settings.batch_linger_s``).
@@ -47,6 +61,16 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("added_out_p50_ms", "provider->caller p50 ms", ".1f"),
     ("added_out_p99_ms", "provider->caller p99 ms", ".1f"),
     ("cores_busy_distributed", "machine cores busy", ".2f"),
+)
+
+#: The costs split into a per-frame and a per-round part (:func:`fit_rounds`).
+FIT_KEYS: tuple[str, ...] = (
+    "worker_ms",
+    "ingress_ms",
+    "redis_ms",
+    "distributed_ms",
+    "distributed_to_client",
+    "worker_to_client",
 )
 
 
@@ -94,6 +118,33 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         medians[key] = statistics.median(values) if values else None
     medians["errors"] = sum(run["summary"]["errors"] for run in runs)
     return medians
+
+
+def fit_rounds(per_linger: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Least-squares ``value = per_frame + per_round / linger`` for each of :data:`FIT_KEYS`
+    over every round of every nonzero linger (``per_linger`` as :func:`run_async` returns it).
+
+    Per key: ``per_frame`` (the fit's value at an endless linger), ``per_round`` (in the
+    value's unit times milliseconds: divided by a linger, the part of the cost that comes from
+    going round) and ``points``. None when fewer than two distinct nonzero lingers have data: a
+    zero linger has no rounds-per-linger to fit (its rounds follow the arrivals instead).
+    """
+    fit: dict[str, Any] = {}
+    for key in FIT_KEYS:
+        xs: list[float] = []
+        ys: list[float] = []
+        for entry in per_linger:
+            if entry["linger_ms"] <= 0:
+                continue
+            for summary in entry["rounds"]:
+                if summary.get(key) is not None:
+                    xs.append(1.0 / entry["linger_ms"])
+                    ys.append(summary[key])
+        if len(set(xs)) < 2:
+            return None
+        slope, intercept = statistics.linear_regression(xs, ys)
+        fit[key] = {"per_frame": intercept, "per_round": slope, "points": len(xs)}
+    return fit
 
 
 async def run_async(
@@ -148,6 +199,15 @@ async def run_async(
                     }
                     runtime.compare(result, targets)
                     runs[ms].append(result)
+    per_linger = [
+        {
+            "linger_ms": ms,
+            "median": summarize(runs[ms]),
+            "rounds": [result["summary"] for result in runs[ms]],
+            "targets": [result["targets"] for result in runs[ms]],
+        }
+        for ms in lingers
+    ]
     return {
         "sessions": sessions,
         "seconds": seconds,
@@ -156,15 +216,8 @@ async def run_async(
         "redis": redis_desc,
         "cpu_count": os.cpu_count(),
         "lingers_ms": list(lingers),
-        "per_linger": [
-            {
-                "linger_ms": ms,
-                "median": summarize(runs[ms]),
-                "rounds": [result["summary"] for result in runs[ms]],
-                "targets": [result["targets"] for result in runs[ms]],
-            }
-            for ms in lingers
-        ],
+        "per_linger": per_linger,
+        "fit": fit_rounds(per_linger),
     }
 
 
@@ -187,6 +240,22 @@ def print_table(result: dict[str, Any]) -> None:
         cells = "".join(f"{_cell(p['median'][key], spec):>14}" for p in per)
         print(f"  {label:32}{cells}")
     print(f"  {'errors (all rounds)':32}" + "".join(f"{p['median']['errors']:>14}" for p in per))
+    fit = result.get("fit")
+    if fit is None:
+        return
+    labels = {key: label for key, label, _ in ROWS}
+    print(
+        "\nthe costs split by a fit over every run, cost = per frame + per round / linger:"
+        " 'per frame' is the cost at an endless linger (no target below it can be met by"
+        " batching); 'per round at L' is what going round every L ms adds"
+    )
+    nonzero = [p["linger_ms"] for p in per if p["linger_ms"] > 0]
+    head = "".join(f"{'per round at ' + format(ms, 'g'):>16}" for ms in nonzero)
+    print(f"  {'':32}{'per frame':>12}{head}")
+    for key in FIT_KEYS:
+        part = fit[key]
+        cells = "".join(f"{part['per_round'] / ms:>16.2f}" for ms in nonzero)
+        print(f"  {labels[key]:32}{part['per_frame']:>12.2f}{cells}")
 
 
 def run(**options: Any) -> dict[str, Any]:

@@ -90,9 +90,53 @@ def test_a_tiny_lingers_run_writes_the_medians_and_the_table(
         assert median["added_in_p99_ms"] is not None
         # each run is judged against issue 9's targets at its load (20's below 20)
         assert all(t["level"] == 20 for t in per["targets"])
+    assert result["fit"] is None  # one nonzero linger: nothing to fit
 
     printed = capsys.readouterr().out
     # the order rotates: round 2 starts with the second linger
     assert printed.index("round 2/2: linger 5 ms") < printed.index("round 2/2: linger 0 ms")
     assert "linger 0 ms" in printed.split("lingers:", 1)[1]
     assert "caller->provider p99 ms" in printed
+
+
+def _linger(ms: float, values: list[float]) -> dict[str, object]:
+    return {"linger_ms": ms, "rounds": [_summary(v) for v in values]}
+
+
+def test_the_fit_splits_a_cost_into_per_frame_and_per_round() -> None:
+    # cost = 2 + 10 / linger exactly, with the zero linger (no rounds per linger) left out
+    per = [_linger(0.0, [99.0]), _linger(5.0, [4.0, 4.0]), _linger(10.0, [3.0]), _linger(20, [2.5])]
+    fit = lingers.fit_rounds(per)
+    assert fit is not None
+    assert fit["worker_ms"]["per_frame"] == pytest.approx(2.0)
+    assert fit["worker_ms"]["per_round"] == pytest.approx(10.0)
+    assert fit["worker_ms"]["points"] == 4
+    # noisy rounds: the least-squares line through all of them
+    noisy = lingers.fit_rounds([_linger(5.0, [3.9, 4.1]), _linger(10.0, [2.9, 3.1])])
+    assert noisy is not None
+    assert noisy["redis_ms"]["per_frame"] == pytest.approx(2.0)
+
+
+def test_no_fit_without_two_nonzero_lingers() -> None:
+    assert lingers.fit_rounds([_linger(0.0, [5.0]), _linger(5.0, [3.0, 3.2])]) is None
+    assert lingers.fit_rounds([_linger(5.0, [None]), _linger(10.0, [3.0])]) is None  # type: ignore[list-item]
+
+
+def test_the_table_shows_the_split_per_linger(capsys: pytest.CaptureFixture[str]) -> None:
+    per = [_linger(5.0, [4.0]), _linger(10.0, [3.0])]
+    for entry in per:
+        entry["median"] = {**entry["rounds"][0]}  # type: ignore[index]
+    result = {
+        "sessions": 50,
+        "seconds": 10,
+        "repeat": 1,
+        "redis": "redis://127.0.0.1:6379/0",
+        "cpu_count": 2,
+        "per_linger": per,
+        "fit": lingers.fit_rounds(per),
+    }
+    lingers.print_table(result)
+    split = capsys.readouterr().out.split("cost = per frame + per round / linger", 1)[1]
+    row = next(line for line in split.splitlines() if "worker CPU ms/session-s" in line)
+    # per frame 2.00; per round 10 ms·ms: 2.00 at 5 ms, 1.00 at 10 ms
+    assert row.split()[-3:] == ["2.00", "2.00", "1.00"]

@@ -244,17 +244,17 @@ def print_table(result: dict[str, Any]) -> None:
     if fit is None:
         return
     labels = {key: label for key, label, _ in ROWS}
+    print("\nthe costs split by a fit over every run: cost = per frame + per round / linger")
     print(
-        "\nthe costs split by a fit over every run, cost = per frame + per round / linger:"
-        " 'per frame' is the cost at an endless linger (no target below it can be met by"
-        " batching); 'per round at L' is what going round every L ms adds"
+        "'per frame' is the cost at an endless linger (no target below it can be met by"
+        " batching);\n'per round at L' is what going round every L ms adds"
     )
     nonzero = [p["linger_ms"] for p in per if p["linger_ms"] > 0]
-    head = "".join(f"{'per round at ' + format(ms, 'g'):>16}" for ms in nonzero)
+    head = "".join(f"{'per round at ' + format(ms, 'g') + ' ms':>19}" for ms in nonzero)
     print(f"  {'':32}{'per frame':>12}{head}")
     for key in FIT_KEYS:
         part = fit[key]
-        cells = "".join(f"{part['per_round'] / ms:>16.2f}" for ms in nonzero)
+        cells = "".join(f"{part['per_round'] / ms:>19.2f}" for ms in nonzero)
         print(f"  {labels[key]:32}{part['per_frame']:>12.2f}{cells}")
 
 
